@@ -1,0 +1,185 @@
+"""The DARTS CNN search space (Liu et al., 2019), as quark0/darts `model_search.py` builds it.
+
+A cell has 2 inputs and `num_nodes` (4) intermediate nodes; node i sums one mixed op over each
+earlier state, giving 2+3+4+5 = 14 edges; the cell outputs the intermediate nodes
+concatenated. Reduction cells (at 1/3 and 2/3 depth) use stride 2 on the edges from the
+inputs and double the channels. Search BNs have no affine parameters; the stem's BN has.
+
+Edges are numbered as in the reference: node i's edges come after all of node i-1's, and
+within a node by source state. Internally the edges are grouped by *source* (`FanOutMixedOp`),
+so every op that reads a state is computed once for all the edges leaving it
+(see ops.py); `edges_from(source)` holds the mapping to the reference numbering.
+"""
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dnas import relaxations
+from dnas.arch import ArchParam
+from dnas.mixed_op import weighted_sum
+from dnas.cells import ops
+
+PRIMITIVES = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
+              'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
+SPACE = 'darts'
+
+
+def num_edges(num_nodes: int = 4) -> int:
+  return sum(2 + i for i in range(num_nodes))
+
+
+def edge_index(node: int, source: int) -> int:
+  """Reference edge number of the edge source -> intermediate node `node` (0-based)."""
+  return sum(2 + i for i in range(node)) + source
+
+
+def edges_from(source: int, num_nodes: int = 4) -> list[tuple[int, int]]:
+  """(edge index, target node) of every edge leaving state `source`, by target node."""
+  first = max(0, source - 1)
+  return [(edge_index(node, source), node) for node in range(first, num_nodes)]
+
+
+def check_primitives(primitives: Sequence[str]) -> tuple[str, ...]:
+  unknown = [p for p in primitives if p not in PRIMITIVES]
+  if unknown or not primitives:
+    raise ValueError(f'unknown DARTS op(s) {unknown}; valid ops: {", ".join(PRIMITIVES)}')
+  return tuple(primitives)
+
+
+class FanOutMixedOp(nnx.Module):
+  """The mixed ops of all E edges that leave one state, computed together.
+
+  Returns (B,H',W',E,C): edge e's weighted sum of every candidate op. Pooling + its
+  weight-free BN give the same result on every edge of a source (same input, no parameters),
+  so they are computed once and broadcast; the reference computes E identical copies.
+  """
+
+  def __init__(self, c: int, edges: int, stride: int, primitives: Sequence[str],
+               form: str, rngs: nnx.Rngs):
+    self.stride = stride
+    self.primitives = tuple(primitives)
+    has = set(primitives)
+    self.max_bn = ops.batch_norm(c, rngs) if 'max_pool_3x3' in has else None
+    self.avg_bn = ops.batch_norm(c, rngs) if 'avg_pool_3x3' in has else None
+    self.reduce = (ops.FactorizedReduce(c, c, edges, rngs)
+                   if stride == 2 and 'skip_connect' in has else None)
+    stage2 = 'folded' if form == 'folded' else form
+    self.convs = nnx.Dict()
+    for name, make in (
+        ('sep_conv_3x3', lambda: ops.SepConvFan(c, edges, 3, stride, (form, stage2), rngs)),
+        ('sep_conv_5x5', lambda: ops.SepConvFan(c, edges, 5, stride, (form, stage2), rngs)),
+        ('dil_conv_3x3', lambda: ops.DilConvFan(c, edges, 3, stride, 2, form, rngs)),
+        ('dil_conv_5x5', lambda: ops.DilConvFan(c, edges, 5, stride, 2, form, rngs))):
+      if name in has:
+        self.convs[name] = make()
+
+  def __call__(self, h, weights, train: bool):
+    """h (B,H,W,C) the source state; weights (E, len(primitives)) relaxed op weights."""
+    relu_h = jax.nn.relu(h)
+    outputs = {}
+    for k, name in enumerate(self.primitives):
+      if name == 'none':
+        continue  # zero output: contributes nothing, its weight still normalises the rest
+      if name == 'max_pool_3x3':
+        out = self.max_bn(ops.max_pool_3x3(h, self.stride), use_running_average=not train)
+        out = out[..., None, :]
+      elif name == 'avg_pool_3x3':
+        out = self.avg_bn(ops.avg_pool_3x3(h, self.stride), use_running_average=not train)
+        out = out[..., None, :]
+      elif name == 'skip_connect':
+        out = h[..., None, :] if self.stride == 1 else self.reduce(relu_h, train)
+      else:
+        out = self.convs[name](relu_h, train)
+      outputs[k] = out
+    return weighted_sum(outputs, weights, edge_axis=-2)
+
+
+class SearchCell(nnx.Module):
+  """A DARTS search cell: preprocess both inputs, 4 nodes of mixed ops, concat the nodes."""
+
+  def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool,
+               reduction_prev: bool, primitives: Sequence[str], num_nodes: int,
+               multiplier: int, forms: dict, rngs: nnx.Rngs):
+    self.reduction = reduction
+    self.num_nodes, self.multiplier = num_nodes, multiplier
+    self.preprocess0 = (ops.FactorizedReduce(c_prev_prev, c, 1, rngs) if reduction_prev
+                        else ops.ReLUConvBN(c_prev_prev, c, rngs))
+    self.preprocess1 = ops.ReLUConvBN(c_prev, c, rngs)
+    self.fan_out = nnx.List([
+        FanOutMixedOp(c, len(edges_from(s, num_nodes)), 2 if reduction and s < 2 else 1,
+                      primitives, forms[c], rngs)
+        for s in range(num_nodes + 1)])
+
+  def __call__(self, s0, s1, weights, train: bool):
+    """weights: (num_edges, num_ops) in the reference's edge order."""
+    if isinstance(self.preprocess0, ops.FactorizedReduce):
+      s0 = self.preprocess0(jax.nn.relu(s0), train)[..., 0, :]
+    else:
+      s0 = self.preprocess0(s0, train)
+    states = [s0, self.preprocess1(s1, train)]
+    node_inputs = [[] for _ in range(self.num_nodes)]
+    for source in range(self.num_nodes + 1):
+      if source >= 2:  # every edge into this node has been computed: the node is ready
+        states.append(sum(node_inputs[source - 2]))
+      edges = edges_from(source, self.num_nodes)
+      out = self.fan_out[source](states[source], weights[np.array([e for e, _ in edges])], train)
+      for i, (_, node) in enumerate(edges):
+        node_inputs[node].append(out[..., i, :])
+    states.append(sum(node_inputs[-1]))
+    return jnp.concatenate(states[-self.multiplier:], axis=-1)
+
+
+class SearchNetwork(nnx.Module):
+  """The DARTS supernet: stem (3C), `layers` cells, global pool, linear classifier.
+
+  `alphas_normal` / `alphas_reduce` are `ArchParam`s, (14, num_ops) each, initialised to
+  1e-3 * N(0, 1) as in the reference.
+  """
+
+  def __init__(self, *, num_classes: int, in_channels: int = 3, channels: int = 16,
+               layers: int = 8, primitives: Sequence[str] = PRIMITIVES, num_nodes: int = 4,
+               multiplier: int = 4, stem_multiplier: int = 3, relaxation: str = 'softmax',
+               conv_form: str = 'auto', rngs: nnx.Rngs):
+    self.primitives = check_primitives(primitives)
+    self.relaxation = relaxation
+    relaxations.get(relaxation)  # fail at construction on an unknown name
+    if conv_form != 'auto' and conv_form not in ops.FORMS:
+      raise ValueError(f'unknown conv_form {conv_form!r}; valid: auto, {", ".join(ops.FORMS)}')
+    c_curr = stem_multiplier * channels
+    self.stem_w = ops.param(rngs, (3, 3, in_channels, c_curr), 9 * in_channels)
+    self.stem_bn = ops.batch_norm(c_curr, rngs, affine=True)
+    c_pp, c_p, c_curr = c_curr, c_curr, channels
+    cells, reduction_prev = [], False
+    for i in range(layers):
+      reduction = i in (layers // 3, 2 * layers // 3)
+      if reduction:
+        c_curr *= 2
+      form = ops.choose_form(c_curr) if conv_form == 'auto' else conv_form
+      cells.append(SearchCell(c_pp, c_p, c_curr, reduction, reduction_prev, self.primitives,
+                              num_nodes, multiplier, {c_curr: form}, rngs))
+      reduction_prev = reduction
+      c_pp, c_p = c_p, multiplier * c_curr
+    self.cells = nnx.List(cells)
+    self.classifier = nnx.Linear(c_p, num_classes, kernel_init=ops.torch_uniform(c_p),
+                                 bias_init=ops.torch_uniform(c_p), rngs=rngs)
+    k = num_edges(num_nodes)
+    self.alphas_normal = ArchParam(1e-3 * jax.random.normal(rngs.params(), (k, len(primitives))))
+    self.alphas_reduce = ArchParam(1e-3 * jax.random.normal(rngs.params(), (k, len(primitives))))
+
+  def op_weights(self, key=None, step=None):
+    """Relaxed op weights (normal, reduce), each (num_edges, num_ops)."""
+    relax = relaxations.get(self.relaxation)
+    k1, k2 = jax.random.split(key) if key is not None else (None, None)
+    return (relax(self.alphas_normal[...], key=k1, step=step),
+            relax(self.alphas_reduce[...], key=k2, step=step))
+
+  def __call__(self, x, train: bool, key=None, step=None):
+    w_normal, w_reduce = self.op_weights(key, step)
+    s = ops.conv(x, self.stem_w[...], 1, 1, 1)
+    s0 = s1 = self.stem_bn(s, use_running_average=not train)
+    for cell in self.cells:
+      s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, train)
+    return self.classifier(jnp.mean(s1, axis=(1, 2)))

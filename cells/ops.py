@@ -1,0 +1,247 @@
+"""DARTS candidate operations, computed for all edges that leave one node at once.
+
+Layout is NHWC. Every op of the DARTS space starts from the same input `h` of a source node,
+so the work that does not depend on the edge is done once per source (ReLU, pooling and the
+weight-free BN after it) and the per-edge convolutions of all E outgoing edges are batched:
+
+  * stage 1 of a separable / dilated conv (depthwise k x k then pointwise, per edge) is one
+    "fan-out" convolution C -> E*C;
+  * stage 2 of a separable conv works on the (E, C) stage-1 output with per-edge weights.
+
+Weights are stored unfolded (depthwise `dw` (E,k,k,C), pointwise `pw` (E,C,C)) so the
+parameter count is exactly the reference's. How a depthwise+pointwise pair is computed is a
+*form*, picked per shape and backend (`choose_form`), because XLA's cost model differs wildly:
+
+  folded   one dense conv whose kernel is dw (x) pw. k*k*C/(k*k+C) times the FLOPs, but XLA
+           CPU's dense convs are ~10x faster than its grouped ones: wins at small C.
+  shift    depthwise as a sum of k*k shifted slices (one fused loop), pointwise as a matmul.
+           Wins on CPU at larger C.
+  grouped  `feature_group_count` depthwise + matmul: the native form for GPU (cuDNN).
+"""
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+FORMS = ('folded', 'shift', 'grouped')
+
+
+def choose_form(channels: int, backend: str | None = None) -> str:
+  """The fastest depthwise form measured for this channel count and backend.
+
+  CPU figures (../docs/design.md): folding wins up to C=16, shifted slices above.
+  """
+  backend = backend or jax.default_backend()
+  if backend == 'cpu':
+    return 'folded' if channels <= 16 else 'shift'
+  if backend == 'tpu':
+    return 'folded' if channels <= 32 else 'grouped'
+  return 'grouped'
+
+
+def torch_uniform(fan_in: int):
+  """PyTorch's default conv/linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
+  return nnx.Param(torch_uniform(fan_in)(rngs.params(), tuple(shape)))
+
+
+def batch_norm(num_features: int, rngs: nnx.Rngs, affine: bool = False) -> nnx.BatchNorm:
+  """BN with PyTorch's defaults (momentum 0.1 == flax 0.9, eps 1e-5); search BNs have no affine."""
+  return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, use_bias=affine,
+                       use_scale=affine, rngs=rngs)
+
+
+def apply_bn(bn: nnx.BatchNorm, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+  """BN over all trailing feature axes of x (e.g. (E, C) of a fan-out output)."""
+  lead = x.shape[:3]
+  y = bn(x.reshape(lead + (-1,)), use_running_average=not train)
+  return y.reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------- spatial taps
+
+
+def _out_size(size: int, k: int, stride: int, dilation: int, pad: int) -> int:
+  return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def taps(x: jnp.ndarray, k: int, stride: int = 1, dilation: int = 1, pad: int = 0,
+         pad_value: float = 0.0):
+  """The k*k shifted, strided views of x (B,H,W,...) that a k x k window sees."""
+  b, h, w = x.shape[:3]
+  ho, wo = _out_size(h, k, stride, dilation, pad), _out_size(w, k, stride, dilation, pad)
+  widths = [(0, 0), (pad, pad), (pad, pad)] + [(0, 0)] * (x.ndim - 3)
+  xp = jnp.pad(x, widths, constant_values=pad_value) if pad else x
+  for dy in range(k):
+    for dx in range(k):
+      y0, x0 = dy * dilation, dx * dilation
+      start = (0, y0, x0) + (0,) * (x.ndim - 3)
+      limit = (b, y0 + (ho - 1) * stride + 1, x0 + (wo - 1) * stride + 1) + x.shape[3:]
+      strides = (1, stride, stride) + (1,) * (x.ndim - 3)
+      yield dy, dx, jax.lax.slice(xp, start, limit, strides)
+
+
+def max_pool_3x3(x: jnp.ndarray, stride: int) -> jnp.ndarray:
+  """nn.MaxPool2d(3, stride, padding=1) as a max over shifted views (fuses on XLA CPU,
+  whose reduce_window backward is slow)."""
+  out = None
+  for _, _, v in taps(x, 3, stride, 1, 1, -jnp.inf):
+    out = v if out is None else jnp.maximum(out, v)
+  return out
+
+
+def avg_pool_3x3(x: jnp.ndarray, stride: int) -> jnp.ndarray:
+  """nn.AvgPool2d(3, stride, padding=1, count_include_pad=False)."""
+  total = None
+  for _, _, v in taps(x, 3, stride, 1, 1, 0.0):
+    total = v if total is None else total + v
+  ones = np.ones((1,) + x.shape[1:3] + (1,), np.float32)
+  count = sum(np.asarray(v) for _, _, v in _np_taps(ones, 3, stride, 1, 1))
+  return total / jnp.asarray(count)
+
+
+def _np_taps(x: np.ndarray, k, stride, dilation, pad):
+  xp = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+  ho = _out_size(x.shape[1], k, stride, dilation, pad)
+  wo = _out_size(x.shape[2], k, stride, dilation, pad)
+  for dy in range(k):
+    for dx in range(k):
+      y0, x0 = dy * dilation, dx * dilation
+      yield dy, dx, xp[:, y0:y0 + (ho - 1) * stride + 1:stride, x0:x0 + (wo - 1) * stride + 1:stride]
+
+
+# ------------------------------------------------------------------------ depthwise + pointwise
+
+
+def conv(x, kernel, stride, dilation, pad, groups=1):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+
+
+def fan_out_dw_pw(x, dw, pw, stride, dilation, form):
+  """E edges' depthwise (k x k) + pointwise convs applied to the same input.
+
+  x (B,H,W,C), dw (E,k,k,C), pw (E,C,D) -> (B,H',W',E,D).
+  """
+  e, k, _, c = dw.shape
+  d = pw.shape[-1]
+  pad = dilation * (k - 1) // 2
+  if form == 'folded':
+    kernel = jnp.einsum('eyxc,ecd->yxced', dw, pw).reshape(k, k, c, e * d)
+    out = conv(x, kernel, stride, dilation, pad)
+    return out.reshape(out.shape[:3] + (e, d))
+  if form == 'shift':
+    t = None
+    for dy, dx, v in taps(x, k, stride, dilation, pad):
+      term = v[..., None, :] * dw[:, dy, dx, :]
+      t = term if t is None else t + term
+  elif form == 'grouped':
+    kernel = jnp.transpose(dw, (1, 2, 3, 0)).reshape(k, k, 1, c * e)  # channel c*E + e
+    t = conv(x, kernel, stride, dilation, pad, groups=c)
+    t = jnp.swapaxes(t.reshape(t.shape[:3] + (c, e)), -1, -2)
+  else:
+    raise ValueError(f'unknown conv form {form!r}; valid: {", ".join(FORMS)}')
+  return jnp.einsum('bhwec,ecd->bhwed', t, pw)
+
+
+def per_edge_dw_pw(x, dw, pw, form):
+  """Each edge's own depthwise (k x k, stride 1) + pointwise conv on its own input.
+
+  x (B,H,W,E,C), dw (E,k,k,C), pw (E,C,D) -> (B,H,W,E,D).
+  """
+  e, k, _, c = dw.shape
+  pad = (k - 1) // 2
+  if form == 'folded':
+    kernels = jnp.einsum('eyxc,ecd->eyxcd', dw, pw)
+    return jnp.stack([conv(x[..., i, :], kernels[i], 1, 1, pad) for i in range(e)], axis=-2)
+  if form == 'shift':
+    t = None
+    for dy, dx, v in taps(x, k, 1, 1, pad):
+      term = v * dw[:, dy, dx, :]
+      t = term if t is None else t + term
+  elif form == 'grouped':
+    flat = x.reshape(x.shape[:3] + (e * c,))
+    kernel = dw.transpose(1, 2, 0, 3).reshape(k, k, 1, e * c)
+    t = conv(flat, kernel, 1, 1, pad, groups=e * c).reshape(x.shape)
+  else:
+    raise ValueError(f'unknown conv form {form!r}; valid: {", ".join(FORMS)}')
+  return jnp.einsum('bhwec,ecd->bhwed', t, pw)
+
+
+# ---------------------------------------------------------------------------------- modules
+
+
+class DilConvFan(nnx.Module):
+  """E edges of DARTS' DilConv: ReLU -> depthwise (dilated) -> pointwise -> BN.
+
+  Takes the already-ReLU'd input, which all ops of a source share.
+  """
+
+  def __init__(self, c: int, edges: int, k: int, stride: int, dilation: int, form: str,
+               rngs: nnx.Rngs):
+    self.stride, self.dilation, self.form = stride, dilation, form
+    self.dw = param(rngs, (edges, k, k, c), k * k)
+    self.pw = param(rngs, (edges, c, c), c)
+    self.bn = batch_norm(edges * c, rngs)
+
+  def __call__(self, relu_x, train: bool):
+    y = fan_out_dw_pw(relu_x, self.dw[...], self.pw[...], self.stride, self.dilation, self.form)
+    return apply_bn(self.bn, y, train)
+
+
+class SepConvFan(nnx.Module):
+  """E edges of DARTS' SepConv: (ReLU, dw, pw, BN) with stride, then (ReLU, dw, pw, BN)."""
+
+  def __init__(self, c: int, edges: int, k: int, stride: int, forms: tuple[str, str],
+               rngs: nnx.Rngs):
+    self.stride, self.forms = stride, forms
+    self.dw1 = param(rngs, (edges, k, k, c), k * k)
+    self.pw1 = param(rngs, (edges, c, c), c)
+    self.bn1 = batch_norm(edges * c, rngs)
+    self.dw2 = param(rngs, (edges, k, k, c), k * k)
+    self.pw2 = param(rngs, (edges, c, c), c)
+    self.bn2 = batch_norm(edges * c, rngs)
+
+  def __call__(self, relu_x, train: bool):
+    y = fan_out_dw_pw(relu_x, self.dw1[...], self.pw1[...], self.stride, 1, self.forms[0])
+    y = jax.nn.relu(apply_bn(self.bn1, y, train))
+    y = per_edge_dw_pw(y, self.dw2[...], self.pw2[...], self.forms[1])
+    return apply_bn(self.bn2, y, train)
+
+
+class FactorizedReduce(nnx.Module):
+  """DARTS' FactorizedReduce for E edges: ReLU, two 1x1 stride-2 convs offset by one pixel,
+  concatenated, BN. Takes the already-ReLU'd input."""
+
+  def __init__(self, c_in: int, c_out: int, edges: int, rngs: nnx.Rngs, affine: bool = False):
+    if c_out % 2:
+      raise ValueError(f'FactorizedReduce needs an even number of output channels, got {c_out}')
+    self.w1 = param(rngs, (c_in, edges, c_out // 2), c_in)
+    self.w2 = param(rngs, (c_in, edges, c_out // 2), c_in)
+    self.bn = batch_norm(edges * c_out, rngs, affine)
+
+  def __call__(self, relu_x, train: bool):
+    if relu_x.shape[1] % 2 or relu_x.shape[2] % 2:
+      raise ValueError(f'FactorizedReduce needs even height and width, got {relu_x.shape[1:3]}')
+    a = jnp.einsum('bhwc,ced->bhwed', relu_x[:, ::2, ::2], self.w1[...])
+    b = jnp.einsum('bhwc,ced->bhwed', relu_x[:, 1::2, 1::2], self.w2[...])
+    return apply_bn(self.bn, jnp.concatenate([a, b], axis=-1), train)  # (B,H/2,W/2,E,C_out)
+
+
+class ReLUConvBN(nnx.Module):
+  """ReLU -> 1x1 conv -> BN (the cell preprocessing)."""
+
+  def __init__(self, c_in: int, c_out: int, rngs: nnx.Rngs, affine: bool = False):
+    self.w = param(rngs, (c_in, c_out), c_in)
+    self.bn = batch_norm(c_out, rngs, affine)
+
+  def __call__(self, x, train: bool):
+    y = jnp.einsum('bhwc,cd->bhwd', jax.nn.relu(x), self.w[...])
+    return self.bn(y, use_running_average=not train)

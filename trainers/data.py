@@ -1,0 +1,152 @@
+"""Input pipeline: TFDS array_record files -> grain MapDataset of normalized batches.
+
+The same code serves mnist5k (offline default) and CIFAR-10. Everything is a random-access
+`grain.MapDataset`, so batch number `step` is simply `ds[step]`: a run resumed at step k
+needs the seed and k, not iterator state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from . import mnist5k
+
+SPLIT_KEYS = ('train', 'val', 'test')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the pipeline needs to know about one dataset."""
+  tfds_name: str
+  image_shape: tuple[int, int, int]  # (H, W, C)
+  num_classes: int
+  mean: tuple[float, ...]  # per channel, on the 0..1 scale
+  std: tuple[float, ...]
+  augment: bool  # DARTS CIFAR augmentation: random crop with 4-pixel zero pad + h-flip.
+  splits: dict[str, str]  # 'train' | 'val' | 'test' -> TFDS split string.
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    'mnist5k': DatasetSpec(
+        tfds_name='mnist5k', image_shape=(28, 28, 1), num_classes=10,
+        mean=(0.1307,), std=(0.3081,), augment=False,
+        splits={'train': 'train', 'val': 'val', 'test': 'test'}),
+    # DARTS searches on CIFAR-10's training set cut in two halves: weights / alphas.
+    'cifar10': DatasetSpec(
+        tfds_name='cifar10', image_shape=(32, 32, 3), num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), augment=True,
+        splits={'train': 'train[:50%]', 'val': 'train[50%:]', 'test': 'test'}),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The dataset is not prepared (as array_record) in the data directory."""
+
+
+def get_spec(name: str) -> DatasetSpec:
+  try:
+    return DATASETS[name]
+  except KeyError:
+    raise ValueError(f'Unknown dataset {name!r}; valid names: {sorted(DATASETS)}') from None
+
+
+def _tfds_split(spec: DatasetSpec, split_key: str) -> str:
+  if split_key not in spec.splits:
+    raise ValueError(f'Unknown split {split_key!r}; valid keys: {list(spec.splits)}')
+  return spec.splits[split_key]
+
+
+def _not_prepared(spec: DatasetSpec, data_dir: str, problem: str) -> DatasetNotFoundError:
+  fix = (f"pip install 'dnas[cifar]' && python -c \"import tensorflow_datasets as tfds; "
+         f"tfds.builder('{spec.tfds_name}', data_dir='{data_dir}')"
+         f".download_and_prepare(file_format='array_record')\"")
+  return DatasetNotFoundError(
+      f'{problem}; tfds.data_source needs array_record files. Prepare them once '
+      f'(needs TensorFlow): {fix}')
+
+
+def load_source(name: str, split_key: str, data_dir: str | os.PathLike):
+  """Random-access source (len, [i] -> {'image': uint8 HWC, 'label': int}) via TFDS."""
+  spec = get_spec(name)
+  split = _tfds_split(spec, split_key)
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  if spec.tfds_name == 'mnist5k':
+    mnist5k.ensure_prepared(data_dir)
+  # Checked here because TFDS, asked not to download, reports a missing dataset as an
+  # unsupported TFRecord file format, which hides the actual problem.
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if not (builder.data_path.exists() and builder.is_prepared()):
+    raise _not_prepared(spec, data_dir, f'{spec.tfds_name} {builder.version} is not prepared '
+                        f'in data_dir {data_dir}')
+  try:
+    return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
+  except NotImplementedError as e:  # Prepared, but as TFRecord (no random access).
+    raise _not_prepared(
+        spec, data_dir, f'{spec.tfds_name} in data_dir {data_dir} is prepared as '
+        f'{builder.info.file_format.value} ({builder.data_path}): delete that folder or use '
+        'another data_dir') from e
+
+
+def num_examples(name: str, split_key: str, data_dir: str | os.PathLike) -> int:
+  return len(load_source(name, split_key, data_dir))
+
+
+def random_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+  """DARTS CIFAR augmentation on one HWC image: RandomCrop(H, padding=pad) + h-flip.
+
+  Applied to raw pixels before normalization, so the padding is black (0), as in
+  torchvision's RandomCrop on PIL images used by DARTS.
+  """
+  h, w, _ = image.shape
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+  out = padded[dy:dy + h, dx:dx + w]
+  if rng.random() < 0.5:
+    out = out[:, ::-1]
+  return np.ascontiguousarray(out)
+
+
+def _select(record: dict[str, Any]) -> dict[str, np.ndarray]:
+  # Drops extra features (CIFAR-10 has a string 'id') so batches hold only arrays we use.
+  return {'image': np.asarray(record['image']), 'label': np.asarray(record['label'])}
+
+
+def _augment(record: dict[str, np.ndarray], rng: np.random.Generator):
+  return {'image': random_crop_flip(record['image'], rng), 'label': record['label']}
+
+
+def normalize(batch: dict[str, np.ndarray], mean, std) -> dict[str, np.ndarray]:
+  """uint8 images -> float32 (x / 255 - mean) / std per channel; labels -> int32."""
+  image = batch['image'].astype(np.float32) / 255.0
+  image = (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  return {'image': image, 'label': batch['label'].astype(np.int32)}
+
+
+def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None,
+                 train: bool, data_dir: str | os.PathLike) -> grain.MapDataset:
+  """Batches {'image': float32 (B, H, W, C), 'label': int32 (B,)}, indexable by step.
+
+  train=True: infinite; batch `step` is `ds[step]`, a pure function of (seed, step).
+    `ds.seed(seed)` derives the shuffle and augmentation seeds. The shuffle sits under
+    `repeat`, so it sees the global index and uses a fresh permutation every epoch;
+    `random_map` seeds each record's RNG from the seed and the global index, so the
+    augmentation also differs between epochs. On an infinite stream drop_remainder drops
+    nothing: if batch_size does not divide the split, one batch spans two epochs.
+  train=False: one pass in file order, the last partial batch kept, for evaluation.
+  """
+  spec = get_spec(name)
+  ds = grain.MapDataset.source(load_source(name, split_key, data_dir)).map(_select)
+  if train:
+    if seed is None:
+      raise ValueError('make_dataset(train=True) needs an integer seed.')
+    ds = ds.seed(seed).shuffle().repeat()
+    if spec.augment:
+      ds = ds.random_map(_augment)
+  ds = ds.batch(batch_size, drop_remainder=train)
+  return ds.map(functools.partial(normalize, mean=spec.mean, std=spec.std))

@@ -84,10 +84,10 @@ class FanOutMixedOp(nnx.Module):
       if name == 'none':
         continue  # zero output: contributes nothing, its weight still normalises the rest
       if name == 'max_pool_3x3':
-        out = self.max_bn(ops.max_pool_3x3(h, self.stride), use_running_average=not train)
+        out = self.max_bn(ops.max_pool_3x3(h, self.stride), train)
         out = out[..., None, :]
       elif name == 'avg_pool_3x3':
-        out = self.avg_bn(ops.avg_pool_3x3(h, self.stride), use_running_average=not train)
+        out = self.avg_bn(ops.avg_pool_3x3(h, self.stride), train)
         out = out[..., None, :]
       elif name == 'skip_connect':
         out = h[..., None, :] if self.stride == 1 else self.reduce(relu_h, train)
@@ -179,7 +179,7 @@ class SearchNetwork(nnx.Module):
   def __call__(self, x, train: bool, key=None, step=None):
     w_normal, w_reduce = self.op_weights(key, step)
     s = ops.conv(x, self.stem_w[...], 1, 1, 1)
-    s0 = s1 = self.stem_bn(s, use_running_average=not train)
+    s0 = s1 = self.stem_bn(s, train)
     for cell in self.cells:
       s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, train)
     return self.classifier(jnp.mean(s1, axis=(1, 2)))

@@ -51,17 +51,49 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
   return nnx.Param(torch_uniform(fan_in)(rngs.params(), tuple(shape)))
 
 
-def batch_norm(num_features: int, rngs: nnx.Rngs, affine: bool = False) -> nnx.BatchNorm:
-  """BN with PyTorch's defaults (momentum 0.1 == flax 0.9, eps 1e-5); search BNs have no affine."""
-  return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, use_bias=affine,
-                       use_scale=affine, rngs=rngs)
+class BatchNorm(nnx.Module):
+  """PyTorch-semantics batch norm over the last axis (momentum 0.1, eps 1e-5, unbiased
+  running variance). Search BNs have no affine parameters; the stem's has.
+
+  Own module rather than nnx.BatchNorm: flax's in-place `var[...] = new` update path queries
+  `.sharding` on tracers, which costs ~30 ms of trace time per BN in a supernet-sized graph
+  (the search net has hundreds of BNs); assigning `.value` does not.
+  """
+
+  def __init__(self, num_features: int, affine: bool = False, momentum: float = 0.1,
+               eps: float = 1e-5):
+    self.momentum, self.eps = momentum, eps
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32)) if affine else None
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32)) if affine else None
+
+  def __call__(self, x, train: bool):
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+      n = x.size // x.shape[-1]
+      m = self.momentum
+      self.mean.value = (1 - m) * self.mean.value + m * jax.lax.stop_gradient(mean)
+      self.var.value = (1 - m) * self.var.value + m * jax.lax.stop_gradient(var) * n / max(n - 1, 1)
+    else:
+      mean, var = self.mean.value, self.var.value
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.scale is not None:
+      y = y * self.scale.value + self.bias.value
+    return y
 
 
-def apply_bn(bn: nnx.BatchNorm, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+def batch_norm(num_features: int, rngs: nnx.Rngs | None = None, affine: bool = False) -> BatchNorm:
+  del rngs  # deterministic init
+  return BatchNorm(num_features, affine)
+
+
+def apply_bn(bn: BatchNorm, x: jnp.ndarray, train: bool) -> jnp.ndarray:
   """BN over all trailing feature axes of x (e.g. (E, C) of a fan-out output)."""
   lead = x.shape[:3]
-  y = bn(x.reshape(lead + (-1,)), use_running_average=not train)
-  return y.reshape(x.shape)
+  return bn(x.reshape(lead + (-1,)), train).reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------- spatial taps
@@ -244,4 +276,4 @@ class ReLUConvBN(nnx.Module):
 
   def __call__(self, x, train: bool):
     y = jnp.einsum('bhwc,cd->bhwd', jax.nn.relu(x), self.w[...])
-    return self.bn(y, use_running_average=not train)
+    return self.bn(y, train)

@@ -1,0 +1,50 @@
+"""Default search: first-order DARTS on mnist5k (5,000 real MNIST digits, offline).
+
+    dnas-search --config=configs/default.py --workdir=/tmp/dnas_default
+
+A few minutes on 2 CPU cores. Same recipe as the paper's CIFAR-10 search (configs/
+cifar10_darts.py), shrunk: 5 cells of 8 initial channels, fewer epochs.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 2
+  c.dataset = 'mnist5k'       # trainers/data.py DATASETS: mnist5k | cifar10
+  c.data_dir = '~/tensorflow_datasets'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.space = 'darts'
+  c.model.channels = 8
+  c.model.layers = 5
+  c.model.num_nodes = 4
+  c.model.primitives = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect',
+                        'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
+  c.model.conv_form = 'auto'  # auto | folded | shift | grouped (cells/ops.py)
+
+  c.relaxation = 'softmax'      # dnas/relaxations: a registered name
+
+  c.bilevel = ml_collections.ConfigDict()
+  c.bilevel.order = 1
+
+  c.batch_size = 64
+  c.epochs = 4
+  c.steps_per_epoch = 0         # 0: one pass over the train split
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 0.025
+  c.optim.lr_min = 0.001
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 3e-4
+  c.optim.grad_clip = 5.0
+  c.optim.arch_lr = 3e-4
+  c.optim.arch_b1 = 0.5
+  c.optim.arch_b2 = 0.999
+  c.optim.arch_weight_decay = 1e-3
+
+  c.log_every_steps = 5
+  c.checkpoint_every_steps = 50
+  c.eval_every_epochs = 1      # supernet accuracy on the full val split (eval-mode BN)
+  c.keep_checkpoints = 2
+  return c

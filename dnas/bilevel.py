@@ -1,0 +1,102 @@
+"""The DARTS bilevel step as pure functions of the search state.
+
+DARTS (Liu et al., 2019) alternates, every step, between
+  1. an architecture step: alphas <- alphas - Adam(d L_val(w, alphas) / d alphas), on a batch
+     of the held-out half of the data, weights fixed;
+  2. a weight step: w <- w - SGD(d L_train(w, alphas') / d w), on a training batch, with the
+     alphas just updated.
+First order approximates the architecture gradient by the gradient at the current weights.
+
+Batch statistics: both halves normalise with their own batch's statistics (train mode, as in
+the reference). Running averages are updated by the weight step only, so the held-out
+batches never leak into the BN state that evaluation uses.
+
+`loss_fn(weights, alphas, batch_stats, batch, key, step) -> (loss, (logits, new_batch_stats))`
+is supplied by the search space; nothing here knows about cells or ops.
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dnas.state import SearchState
+
+LossFn = Callable
+
+
+def accuracy(logits, labels):
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def first_order_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
+                     weight_tx: optax.GradientTransformation,
+                     alpha_tx: optax.GradientTransformation):
+  """One first-order DARTS step. Returns (new state, metrics dict of scalars)."""
+  rng, key_alpha, key_weight = jax.random.split(state.rng, 3)
+
+  # 1. Architecture step on the val batch; its BN running-stat update is discarded.
+  (val_loss, (val_logits, _)), alpha_grads = jax.value_and_grad(
+      loss_fn, argnums=1, has_aux=True)(state.weights, state.alphas, state.batch_stats,
+                                        val_batch, key_alpha, state.step)
+  updates, alpha_opt_state = alpha_tx.update(alpha_grads, state.alpha_opt_state, state.alphas)
+  alphas = optax.apply_updates(state.alphas, updates)
+
+  # 2. Weight step on the train batch, at the new alphas.
+  (train_loss, (train_logits, batch_stats)), weight_grads = jax.value_and_grad(
+      loss_fn, argnums=0, has_aux=True)(state.weights, alphas, state.batch_stats,
+                                        train_batch, key_weight, state.step)
+  updates, weight_opt_state = weight_tx.update(weight_grads, state.weight_opt_state,
+                                               state.weights)
+  weights = optax.apply_updates(state.weights, updates)
+
+  new_state = state.replace(step=state.step + 1, weights=weights, alphas=alphas,
+                            batch_stats=batch_stats, weight_opt_state=weight_opt_state,
+                            alpha_opt_state=alpha_opt_state, rng=rng)
+  metrics = {
+      'train_loss': train_loss,
+      'train_accuracy': accuracy(train_logits, train_batch['label']),
+      'val_loss': val_loss,
+      'val_accuracy': accuracy(val_logits, val_batch['label']),
+      'weight_grad_norm': optax.global_norm(weight_grads),
+      'alpha_grad_norm': optax.global_norm(alpha_grads),
+  }
+  return new_state, metrics
+
+
+def weight_optimizer(*, learning_rate, momentum: float = 0.9, weight_decay: float = 3e-4,
+                     grad_clip: float = 5.0) -> optax.GradientTransformation:
+  """DARTS' weight optimizer, in PyTorch's order: clip the loss gradient's global norm,
+  add L2 weight decay to the gradient, SGD with (heavy-ball) momentum."""
+  return optax.chain(optax.clip_by_global_norm(grad_clip),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=momentum))
+
+
+def alpha_optimizer(*, learning_rate: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
+                    weight_decay: float = 1e-3) -> optax.GradientTransformation:
+  """DARTS' architecture optimizer: Adam with L2 decay added to the gradient (torch.optim.Adam's
+  `weight_decay`, not AdamW's decoupled decay)."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.adam(learning_rate, b1=b1, b2=b2))
+
+
+def cosine_per_epoch(base_lr: float, min_lr: float, epochs: int, steps_per_epoch: int):
+  """torch's CosineAnnealingLR(T_max=epochs, eta_min=min_lr) stepped once per epoch."""
+  def schedule(step):
+    epoch = jnp.minimum(step // steps_per_epoch, epochs)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
+  return schedule
+
+
+def classification_loss(graphdef) -> LossFn:
+  """Cross-entropy loss of an nnx model given as split parts (see dnas.arch.split)."""
+  from flax import nnx
+  from dnas import arch
+
+  def loss_fn(weights, alphas, batch_stats, batch, key, step):
+    model = arch.merge(graphdef, alphas, batch_stats, weights)
+    logits = model(batch['image'], train=True, key=key, step=step)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    return loss, (logits, nnx.state(model, nnx.BatchStat))
+  return loss_fn

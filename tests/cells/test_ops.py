@@ -1,0 +1,160 @@
+"""DARTS ops and the fan-out mixed op, checked against independent computations.
+
+The reference for every op is written here directly from the DARTS operations (grouped
+depthwise conv via `feature_group_count`, 1x1 conv, `reduce_window` pooling, batch norm by
+hand), one edge at a time, so it shares no code path with the batched forms in cells/ops.py.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dnas.cells import darts, ops
+
+pytestmark = pytest.mark.usefixtures('x64')
+
+
+def _conv(x, w, stride=1, pad=0, dilation=1, groups=1):
+  return jax.lax.conv_general_dilated(
+      x, w, (stride, stride), [(pad, pad)] * 2, rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups,
+      precision=jax.lax.Precision.HIGHEST)
+
+
+def _bn(x):
+  axes = tuple(range(x.ndim - 1))
+  return (x - x.mean(axes)) / jnp.sqrt(x.var(axes) + 1e-5)
+
+
+def _dw_pw(x, dw, pw, stride, pad, dilation):
+  """torch: Conv2d(C, C, k, groups=C) then Conv2d(C, C, 1). dw (k,k,C), pw (C,C)."""
+  c = x.shape[-1]
+  y = _conv(x, dw[:, :, None, :], stride, pad, dilation, groups=c)
+  return jnp.einsum('bhwc,cd->bhwd', y, pw, precision='highest')
+
+
+def _ref_sep(x, p, e, k, stride):
+  r = jax.nn.relu(x)
+  y = _bn(_dw_pw(r, p['dw1'][e], p['pw1'][e], stride, k // 2, 1))
+  return _bn(_dw_pw(jax.nn.relu(y), p['dw2'][e], p['pw2'][e], 1, k // 2, 1))
+
+
+def _ref_dil(x, p, e, k, stride):
+  return _bn(_dw_pw(jax.nn.relu(x), p['dw'][e], p['pw'][e], stride, k - 1, 2))
+
+
+def _ref_max(x, stride):
+  y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+                            [(0, 0), (1, 1), (1, 1), (0, 0)])
+  return _bn(y)
+
+
+def _ref_avg(x, stride):
+  win = ((1, 3, 3, 1), (1, stride, stride, 1), [(0, 0), (1, 1), (1, 1), (0, 0)])
+  s = jax.lax.reduce_window(x, 0.0, jax.lax.add, *win)
+  n = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, *win)  # count_include_pad=False
+  return _bn(s / n)
+
+
+def _ref_fr(x, w1, w2, e):
+  r = jax.nn.relu(x)
+  a = jnp.einsum('bhwc,cd->bhwd', r[:, ::2, ::2], w1[:, e], precision='highest')
+  b = jnp.einsum('bhwc,cd->bhwd', r[:, 1::2, 1::2], w2[:, e], precision='highest')
+  return _bn(jnp.concatenate([a, b], -1))
+
+
+@pytest.mark.parametrize('form', ops.FORMS)
+@pytest.mark.parametrize('stride', [1, 2])
+def test_fan_out_mixed_op_equals_explicit_weighted_sum(form, stride):
+  c, edges, b, h = 4, 3, 2, 8
+  mixed = darts.FanOutMixedOp(c, edges, stride, darts.PRIMITIVES, form, nnx.Rngs(0))
+  mixed = jax.tree.map(lambda v: v.astype(jnp.float64) if hasattr(v, 'astype') else v, mixed)
+  x = jax.random.normal(jax.random.key(1), (b, h, h, c), jnp.float64)
+  w = jax.nn.softmax(jax.random.normal(jax.random.key(2), (edges, len(darts.PRIMITIVES))), -1)
+  out = mixed(x, w, train=True)
+  assert out.shape == (b, h // stride, h // stride, edges, c)
+
+  conv = mixed.convs
+  sep = {n: {k: getattr(conv[n], k)[...] for k in ('dw1', 'pw1', 'dw2', 'pw2')}
+         for n in ('sep_conv_3x3', 'sep_conv_5x5')}
+  dil = {n: {k: getattr(conv[n], k)[...] for k in ('dw', 'pw')} for n in ('dil_conv_3x3', 'dil_conv_5x5')}
+  for e in range(edges):
+    per_op = {
+        'none': jnp.zeros_like(out[..., e, :]),
+        'max_pool_3x3': _ref_max(x, stride),
+        'avg_pool_3x3': _ref_avg(x, stride),
+        'skip_connect': x if stride == 1 else _ref_fr(x, mixed.reduce.w1[...],
+                                                      mixed.reduce.w2[...], e),
+        'sep_conv_3x3': _ref_sep(x, sep['sep_conv_3x3'], e, 3, stride),
+        'sep_conv_5x5': _ref_sep(x, sep['sep_conv_5x5'], e, 5, stride),
+        'dil_conv_3x3': _ref_dil(x, dil['dil_conv_3x3'], e, 3, stride),
+        'dil_conv_5x5': _ref_dil(x, dil['dil_conv_5x5'], e, 5, stride),
+    }
+    expected = sum(w[e, k] * per_op[name] for k, name in enumerate(darts.PRIMITIVES))
+    np.testing.assert_allclose(out[..., e, :], expected, rtol=1e-9, atol=1e-9)
+
+
+def test_ops_parameter_counts_match_hand_count():
+  c, e = 8, 4
+  # SepConv: 2 x (depthwise k*k*C + pointwise C*C); DilConv: k*k*C + C*C; no BN affine.
+  counts = {'sep_conv_3x3': 2 * (9 * c + c * c), 'sep_conv_5x5': 2 * (25 * c + c * c),
+            'dil_conv_3x3': 9 * c + c * c, 'dil_conv_5x5': 25 * c + c * c}
+  for stride in (1, 2):
+    mixed = darts.FanOutMixedOp(c, e, stride, darts.PRIMITIVES, 'folded', nnx.Rngs(0))
+    for name, n in counts.items():
+      got = sum(x.size for x in jax.tree.leaves(nnx.state(mixed.convs[name], nnx.Param)))
+      assert got == e * n, name
+    skip = 0 if stride == 1 else sum(
+        x.size for x in jax.tree.leaves(nnx.state(mixed.reduce, nnx.Param)))
+    assert skip == (0 if stride == 1 else e * 2 * c * (c // 2))  # FactorizedReduce: 2 x C x C/2
+    total = sum(x.size for x in jax.tree.leaves(nnx.state(mixed, nnx.Param)))
+    assert total == e * sum(counts.values()) + skip  # pools have no parameters
+
+
+def test_search_network_parameter_count_matches_reference_formula():
+  """Hand count of quark0/darts Network(C=16, 10 classes, 8 layers): stem conv 3*3*3*48 +
+  BN affine 2*48; per cell preprocess 1x1 convs (FactorizedReduce: 2 x C_in x C/2); 14 mixed
+  ops of C_cell; classifier. Equals the reference's count_parameters convention."""
+  def mixed(c, stride):
+    n = 2 * (9 * c + c * c) + 2 * (25 * c + c * c) + (9 * c + c * c) + (25 * c + c * c)
+    return n + (2 * c * (c // 2) if stride == 2 else 0)
+
+  def expected(C, layers, classes=10, in_ch=3):
+    total = 9 * in_ch * 3 * C + 2 * 3 * C
+    c_pp, c_p, c = 3 * C, 3 * C, C
+    red_prev = False
+    for i in range(layers):
+      red = i in (layers // 3, 2 * layers // 3)
+      c = c * 2 if red else c
+      total += 2 * c_pp * (c // 2) if red_prev else c_pp * c
+      total += c_p * c
+      total += sum(mixed(c, 2 if red and j < 2 else 1) for n in range(4) for j in range(2 + n))
+      red_prev = red
+      c_pp, c_p = c_p, 4 * c
+    return total + c_p * classes + classes
+
+  for C, layers in ((16, 8), (8, 5)):
+    net = darts.SearchNetwork(num_classes=10, channels=C, layers=layers, rngs=nnx.Rngs(0))
+    got = sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param))) - 2 * 14 * 8
+    assert got == expected(C, layers)
+  assert expected(16, 8) == 1_930_842  # quark0/darts search net, paper config
+
+
+def test_edge_numbering_matches_reference_order():
+  seen = sorted(e for s in range(5) for e, _ in darts.edges_from(s))
+  assert seen == list(range(14))
+  # Reference: node i's edges come from states 0..i+1, numbered consecutively.
+  ref = [(i, j) for i in range(4) for j in range(2 + i)]
+  for s in range(5):
+    for e, node in darts.edges_from(s):
+      assert ref[e] == (node, s)
+
+
+def test_unknown_op_and_relaxation_list_the_valid_names():
+  with pytest.raises(ValueError, match='valid ops: none, max_pool_3x3'):
+    darts.SearchNetwork(num_classes=10, channels=4, layers=3, primitives=('conv_9x9',),
+                        rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='unknown relaxation .*valid names: softmax'):
+    darts.SearchNetwork(num_classes=10, channels=4, layers=3, relaxation='gumble',
+                        rngs=nnx.Rngs(0))

@@ -1,0 +1,267 @@
+"""The search loop: data, state, jitted bilevel step, checkpoints, metrics, genotype.
+
+`search(config, workdir)` runs (or resumes) a search and returns its summary. Outputs in the
+workdir: checkpoints/ (orbax), tb/ (TensorBoard events), alphas.jsonl (the alpha history),
+genotype.json, result.json.
+"""
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from flax import nnx
+from tensorboardX import SummaryWriter
+
+from dnas import arch, bilevel, genotype as genotype_lib, relaxations
+from dnas.cells import darts
+from dnas.state import SearchState
+from dnas.trainers import checkpoint, data
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects values the search cannot run with, naming the field and the fix."""
+  data.get_spec(config.dataset)
+  relaxations.get(config.relaxation)
+  darts.check_primitives(config.model.primitives)
+  if config.model.space != darts.SPACE:
+    raise ValueError(f'unknown search space {config.model.space!r}; valid: {darts.SPACE}')
+  if config.bilevel.order != 1:
+    raise ValueError(f'bilevel.order={config.bilevel.order} is not available yet; valid: 1')
+  for field in ('batch_size', 'epochs', 'log_every_steps', 'checkpoint_every_steps'):
+    if int(config[field]) <= 0:
+      raise ValueError(f'config.{field} must be positive, got {config[field]}')
+
+
+def experiment_identity(config) -> dict:
+  """The fields that make two runs the same experiment (a checkpoint of one fits the other)."""
+  return {'dataset': config.dataset, 'model': config.model.to_dict(),
+          'relaxation': config.relaxation, 'bilevel': config.bilevel.to_dict(),
+          'seed': config.seed, 'batch_size': config.batch_size}
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+def build_model(config, spec: data.DatasetSpec) -> darts.SearchNetwork:
+  return darts.SearchNetwork(
+      num_classes=spec.num_classes, in_channels=spec.image_shape[-1],
+      channels=config.model.channels, layers=config.model.layers,
+      primitives=tuple(config.model.primitives), num_nodes=config.model.num_nodes,
+      relaxation=config.relaxation, conv_form=config.model.conv_form,
+      rngs=nnx.Rngs(config.seed))
+
+
+def build_optimizers(config, steps_per_epoch: int):
+  o = config.optim
+  lr = bilevel.cosine_per_epoch(o.lr, o.lr_min, config.epochs, steps_per_epoch)
+  weight_tx = bilevel.weight_optimizer(learning_rate=lr, momentum=o.momentum,
+                                       weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+  alpha_tx = bilevel.alpha_optimizer(learning_rate=o.arch_lr, b1=o.arch_b1, b2=o.arch_b2,
+                                     weight_decay=o.arch_weight_decay)
+  return weight_tx, alpha_tx, lr
+
+
+def init_state(model, weight_tx, alpha_tx, seed: int):
+  graphdef, alphas, batch_stats, weights = arch.split(model)
+  state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
+                      batch_stats=batch_stats, weight_opt_state=weight_tx.init(weights),
+                      alpha_opt_state=alpha_tx.init(alphas),
+                      rng=jax.random.key_data(jax.random.key(seed + 1)))
+  return graphdef, state
+
+
+def op_weights(graphdef, state: SearchState):
+  """Relaxed (normal, reduce) op weights of the current alphas, as numpy."""
+  model = arch.merge(graphdef, state.alphas, state.batch_stats, state.weights)
+  return tuple(np.asarray(w) for w in model.op_weights())
+
+
+def derive_genotype(config, graphdef, state) -> genotype_lib.Genotype:
+  normal, reduce = op_weights(graphdef, state)
+  return genotype_lib.derive(normal, reduce, tuple(config.model.primitives),
+                             num_nodes=config.model.num_nodes, space=darts.SPACE)
+
+
+# -------------------------------------------------------------------------------------- eval
+
+
+def make_eval_fn(graphdef):
+  @jax.jit
+  def eval_batch(state: SearchState, batch, mask):
+    model = arch.merge(graphdef, state.alphas, state.batch_stats, state.weights)
+    logits = model(batch['image'], train=False)
+    correct = (jnp.argmax(logits, -1) == batch['label']) * mask
+    return jnp.sum(correct)
+  return eval_batch
+
+
+def evaluate(eval_batch, state, dataset, batch_size: int) -> float:
+  """Supernet accuracy over a whole split, with the BN running averages (as the reference's
+  infer()). The last partial batch is padded so that one compiled shape serves all."""
+  correct = total = 0
+  for i in range(len(dataset)):
+    batch = dataset[i]
+    n = len(batch['label'])
+    mask = np.arange(batch_size) < n
+    if n < batch_size:
+      batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]) for k, v in batch.items()}
+    correct += int(eval_batch(state, batch, mask))
+    total += n
+  return correct / total
+
+
+# -------------------------------------------------------------------------------------- loop
+
+
+class AlphaHistory:
+  """alphas.jsonl: one line per record, {step, epoch, normal, reduce} (raw alphas)."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records newer than a resumed checkpoint, so a resumed run does not duplicate."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      keep = [line for line in f if json.loads(line)['step'] <= step]
+    with open(self.path + '.tmp', 'w') as f:
+      f.writelines(keep)
+    os.replace(self.path + '.tmp', self.path)
+
+  def append(self, step: int, epoch: float, state: SearchState) -> None:
+    alphas = state.alphas
+    record = {'step': step, 'epoch': epoch,
+              'normal': np.asarray(alphas['alphas_normal'][...]).round(6).tolist(),
+              'reduce': np.asarray(alphas['alphas_reduce'][...]).round(6).tolist()}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def log_alpha_scalars(writer, step, weights_pair, primitives):
+  for name, w in zip(('normal', 'reduce'), weights_pair):
+    for k, op in enumerate(primitives):
+      writer.add_scalar(f'alphas/{name}/{op}', float(w[:, k].mean()), step)
+
+
+def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs or resumes a first-order DARTS search; returns the summary also in result.json."""
+  check_config(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  data_dir = os.path.expanduser(config.data_dir)
+  checkpoint.claim_workdir(workdir, experiment_identity(config))
+
+  # ---- data
+  spec = data.get_spec(config.dataset)
+  train_ds = data.make_dataset(config.dataset, 'train', batch_size=config.batch_size,
+                               seed=config.seed, train=True, data_dir=data_dir)
+  val_ds = data.make_dataset(config.dataset, 'val', batch_size=config.batch_size,
+                             seed=config.seed + 1, train=True, data_dir=data_dir)
+  val_eval_ds = data.make_dataset(config.dataset, 'val', batch_size=config.batch_size,
+                                  seed=None, train=False, data_dir=data_dir)
+  steps_per_epoch = (config.steps_per_epoch or
+                     data.num_examples(config.dataset, 'train', data_dir) // config.batch_size)
+  total_steps = config.epochs * steps_per_epoch
+
+  # ---- model and state
+  model = build_model(config, spec)
+  weight_tx, alpha_tx, lr_schedule = build_optimizers(config, steps_per_epoch)
+  graphdef, state = init_state(model, weight_tx, alpha_tx, config.seed)
+  del model
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                 keep=config.keep_checkpoints)
+  restored, restored_step = ckpt.restore_latest(state)
+  history = AlphaHistory(os.path.join(workdir, 'alphas.jsonl'))
+  if restored is not None:
+    state = restored
+    history.truncate_after(restored_step)
+    print(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}', flush=True)
+  else:
+    history.truncate_after(-1)
+  start = int(state.step)
+  n_weights = sum(x.size for x in jax.tree.leaves(state.weights))
+  print(f'dnas search: {config.dataset}, DARTS space ({config.model.layers} cells, '
+        f'C={config.model.channels}), relaxation={config.relaxation}, first order; '
+        f'{n_weights:,} weights; {total_steps} steps ({config.epochs} epochs x '
+        f'{steps_per_epoch}); backend={jax.default_backend()}', flush=True)
+
+  # ---- step
+  loss_fn = bilevel.classification_loss(graphdef)
+  step_fn = jax.jit(functools.partial(bilevel.first_order_step, loss_fn=loss_fn,
+                                      weight_tx=weight_tx, alpha_tx=alpha_tx),
+                    donate_argnums=0)
+  eval_batch = make_eval_fn(graphdef)
+
+  writer = SummaryWriter(os.path.join(workdir, 'tb'))
+  val_accuracy = None
+  last_saved = restored_step
+  progress = tqdm.tqdm(total=total_steps, initial=start, desc='search', unit='step',
+                       dynamic_ncols=True, mininterval=2.0)
+  t_start = time.time()
+  try:
+    for step in range(start, total_steps):
+      state, metrics = step_fn(state, train_ds[step], val_ds[step])
+      done = step + 1
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if not all(math.isfinite(v) for v in metrics.values()):
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        raise FloatingPointError(
+            f'non-finite {bad} at step {done}; last good checkpoint: '
+            f'{"step %d" % last_saved if last_saved is not None else "none"} in '
+            f'{ckpt.directory}. Lower --config.optim.lr or --config.optim.arch_lr and rerun: '
+            f'the run resumes from that checkpoint')
+      progress.update(1)
+      progress.set_postfix(loss=f'{metrics["train_loss"]:.3f}',
+                           acc=f'{metrics["train_accuracy"]:.3f}', refresh=False)
+      if done == start + 1:
+        print(f'\nfirst step (compile included): {time.time() - t_start:.1f} s', flush=True)
+      if done % config.log_every_steps == 0 or done == total_steps:
+        for k, v in metrics.items():
+          writer.add_scalar(f'search/{k}', v, done)
+        writer.add_scalar('search/lr', float(lr_schedule(done - 1)), done)
+        log_alpha_scalars(writer, done, op_weights(graphdef, state), config.model.primitives)
+      epoch_end = done % steps_per_epoch == 0
+      if epoch_end or done == total_steps:
+        epoch = done / steps_per_epoch
+        history.append(done, epoch, state)
+        if int(round(epoch)) % config.eval_every_epochs == 0 or done == total_steps:
+          val_accuracy = evaluate(eval_batch, state, val_eval_ds, config.batch_size)
+          writer.add_scalar('search/supernet_val_accuracy', val_accuracy, done)
+          geno = derive_genotype(config, graphdef, state)
+          skips = sum(op == 'skip_connect' for op, _ in geno.normal)
+          writer.add_scalar('search/normal_cell_skips', skips, done)
+          progress.write(f'epoch {epoch:.0f}: supernet val accuracy {val_accuracy:.4f}, '
+                         f'train loss {metrics["train_loss"]:.4f}, normal cell: '
+                         f'{[op for op, _ in geno.normal]}')
+      if done % config.checkpoint_every_steps == 0 or done == total_steps:
+        ckpt.save(done, state)
+        last_saved = done
+      writer.flush()
+  finally:
+    progress.close()
+    writer.close()
+    ckpt.close()
+
+  if val_accuracy is None:  # resumed a finished run: evaluate once more for the summary
+    val_accuracy = evaluate(eval_batch, state, val_eval_ds, config.batch_size)
+  geno = derive_genotype(config, graphdef, state)
+  genotype_lib.save(geno, os.path.join(workdir, 'genotype.json'))
+  result = {'steps': total_steps, 'supernet_val_accuracy': val_accuracy,
+            'wall_seconds_this_run': round(time.time() - t_start, 1),
+            'genotype': geno.to_json()}
+  with open(os.path.join(workdir, 'result.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  print(f'supernet val accuracy: {val_accuracy:.4f}')
+  print(f'genotype ({os.path.join(workdir, "genotype.json")}):')
+  print(json.dumps(geno.to_json(), indent=None))
+  return result

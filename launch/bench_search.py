@@ -1,0 +1,93 @@
+"""Search-step benchmark: compile and step time of the DARTS supernet on synthetic batches.
+
+    python -m dnas.launch.bench_search --layers=5 --channels=8 --batch=32    # small
+    python -m dnas.launch.bench_search                                       # paper: 8, 16, 64
+
+Prints one JSON line: lower / compile / first-step seconds, median steady step seconds, peak
+RSS, parameter count (weights only: the reference's count_parameters convention), backend.
+Compare with ../shared/reference/step_time.py run right after it on the same idle machine.
+"""
+import json
+import resource
+import statistics
+import time
+
+from absl import app, flags
+
+_LAYERS = flags.DEFINE_integer('layers', 8, 'Cells in the search network.')
+_CHANNELS = flags.DEFINE_integer('channels', 16, 'Initial channels C.')
+_BATCH = flags.DEFINE_integer('batch', 64, 'Batch size (train and val batches each).')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the first one.')
+_FORM = flags.DEFINE_string('conv_form', 'auto', 'auto | folded | shift | grouped')
+_SEED = flags.DEFINE_integer('seed', 2, 'Seed for weights and synthetic data.')
+_PROFILE = flags.DEFINE_string('profile_dir', '', 'If set, write a jax.profiler trace of one '
+                               'steady step here (TensorBoard / Perfetto).')
+
+
+def main(argv):
+  del argv
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from dnas import bilevel
+  from dnas.cells import darts
+  from dnas.trainers import search
+
+  model = darts.SearchNetwork(num_classes=10, in_channels=3, channels=_CHANNELS.value,
+                              layers=_LAYERS.value, conv_form=_FORM.value,
+                              rngs=nnx.Rngs(_SEED.value))
+  weight_tx = bilevel.weight_optimizer(learning_rate=0.025)
+  alpha_tx = bilevel.alpha_optimizer()
+  graphdef, state = search.init_state(model, weight_tx, alpha_tx, _SEED.value)
+  params = sum(x.size for x in jax.tree.leaves(state.weights))
+  step = jax.jit(functools.partial(bilevel.first_order_step,
+                                   loss_fn=bilevel.classification_loss(graphdef),
+                                   weight_tx=weight_tx, alpha_tx=alpha_tx), donate_argnums=0)
+  rng = np.random.default_rng(_SEED.value)
+
+  def batch():
+    return {'image': rng.standard_normal((_BATCH.value, 32, 32, 3), np.float32),
+            'label': rng.integers(0, 10, _BATCH.value).astype(np.int32)}
+  batches = [(batch(), batch()) for _ in range(_STEPS.value + 1)]
+
+  t0 = time.perf_counter()
+  lowered = step.lower(state, *batches[0])
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  state, m = compiled(state, *batches[0])
+  jax.block_until_ready(m)
+  t3 = time.perf_counter()
+  times = []
+  for i, (train, val) in enumerate(batches[1:]):
+    if _PROFILE.value and i == len(batches) - 2:
+      jax.profiler.start_trace(_PROFILE.value)
+    s = time.perf_counter()
+    state, m = compiled(state, train, val)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - s)
+    if _PROFILE.value and i == len(batches) - 2:
+      jax.profiler.stop_trace()
+  rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  print(json.dumps({
+      'layers': _LAYERS.value, 'C': _CHANNELS.value, 'batch': _BATCH.value, 'order': 1,
+      'conv_form': _FORM.value, 'backend': jax.default_backend(),
+      'device': jax.devices()[0].device_kind, 'params': int(params),
+      'lower_s': round(t1 - t0, 2), 'compile_s': round(t2 - t1, 2),
+      'first_step_s': round(t3 - t2, 3),
+      'lower_compile_first_s': round(t3 - t0, 2),
+      'median_step_s': round(statistics.median(times), 3) if times else None,
+      'peak_rss_gb': round(rss_gib, 3), 'train_loss': float(m['train_loss']),
+  }), flush=True)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -63,7 +63,8 @@ def test_first_order_step_follows_the_darts_update_rule():
   new, metrics = step(state, train, val)
 
   # Alphas: first Adam step on the val-batch gradient (+ L2 decay): m/sqrt(v) = g/|g|.
-  g_a = jax.jit(jax.grad(lambda a: loss_fn(weights, a, stats, val, None, 0)[0]))(alphas)
+  g_a = jax.jit(jax.grad(lambda w, a, s: loss_fn(w, a, s, val, None, 0)[0], argnums=1))(
+      weights, alphas, stats)
   expect_a = jax.tree.map(lambda a, g: a - arch_lr * (g + arch_wd * a) /
                           (jnp.abs(g + arch_wd * a) + 1e-8), alphas, g_a)
   for got, want in zip(jax.tree.leaves(new.alphas), jax.tree.leaves(expect_a)):
@@ -71,7 +72,7 @@ def test_first_order_step_follows_the_darts_update_rule():
 
   # Weights: the train-batch gradient at the *new* alphas, clipped, + L2 decay, SGD.
   (_, (_, expect_stats)), g_w = jax.jit(jax.value_and_grad(
-      lambda w: loss_fn(w, new.alphas, stats, train, None, 0), has_aux=True))(weights)
+      lambda w, a, s: loss_fn(w, a, s, train, None, 0), has_aux=True))(weights, new.alphas, stats)
   norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(g_w)))
   scale = jnp.minimum(1.0, clip / norm)
   expect_w = jax.tree.map(lambda w, g: w - lr * (g * scale + wd * w), weights, g_w)

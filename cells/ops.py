@@ -61,7 +61,7 @@ class BatchNorm(nnx.Module):
 
   Own module rather than nnx.BatchNorm: flax's in-place `var[...] = new` update path queries
   `.sharding` on tracers, which costs ~30 ms of trace time per BN in a supernet-sized graph
-  (the search net has hundreds of BNs); assigning `.value` does not.
+  (the search net has hundreds of BNs); `set_value` does not.
   """
 
   def __init__(self, num_features: int, affine: bool = False, momentum: float = 0.1,
@@ -79,13 +79,14 @@ class BatchNorm(nnx.Module):
       var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
       n = x.size // x.shape[-1]
       m = self.momentum
-      self.mean.value = (1 - m) * self.mean.value + m * jax.lax.stop_gradient(mean)
-      self.var.value = (1 - m) * self.var.value + m * jax.lax.stop_gradient(var) * n / max(n - 1, 1)
+      unbiased = jax.lax.stop_gradient(var) * n / max(n - 1, 1)
+      self.mean.set_value((1 - m) * self.mean.get_value() + m * jax.lax.stop_gradient(mean))
+      self.var.set_value((1 - m) * self.var.get_value() + m * unbiased)
     else:
-      mean, var = self.mean.value, self.var.value
+      mean, var = self.mean.get_value(), self.var.get_value()
     y = (x - mean) * jax.lax.rsqrt(var + self.eps)
     if self.scale is not None:
-      y = y * self.scale.value + self.bias.value
+      y = y * self.scale.get_value() + self.bias.get_value()
     return y
 
 

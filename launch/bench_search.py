@@ -33,16 +33,20 @@ def main(argv):
   import numpy as np
   from flax import nnx
 
-  from dnas import bilevel
+  from dnas import arch, bilevel
   from dnas.cells import darts
-  from dnas.trainers import search
+  from dnas.state import SearchState
 
   model = darts.SearchNetwork(num_classes=10, in_channels=3, channels=_CHANNELS.value,
                               layers=_LAYERS.value, conv_form=_FORM.value,
                               rngs=nnx.Rngs(_SEED.value))
   weight_tx = bilevel.weight_optimizer(learning_rate=0.025)
   alpha_tx = bilevel.alpha_optimizer()
-  graphdef, state = search.init_state(model, weight_tx, alpha_tx, _SEED.value)
+  graphdef, alphas, batch_stats, weights = arch.split(model)
+  state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
+                      batch_stats=batch_stats, weight_opt_state=weight_tx.init(weights),
+                      alpha_opt_state=alpha_tx.init(alphas),
+                      rng=jax.random.key_data(jax.random.key(_SEED.value)))
   params = sum(x.size for x in jax.tree.leaves(state.weights))
   step = jax.jit(functools.partial(bilevel.first_order_step,
                                    loss_fn=bilevel.classification_loss(graphdef),

@@ -66,11 +66,10 @@ class FanOutMixedOp(nnx.Module):
     self.avg_bn = ops.batch_norm(c, rngs) if 'avg_pool_3x3' in has else None
     self.reduce = (ops.FactorizedReduce(c, c, edges, rngs)
                    if stride == 2 and 'skip_connect' in has else None)
-    stage2 = 'folded' if form == 'folded' else form
     self.convs = nnx.Dict()
     for name, make in (
-        ('sep_conv_3x3', lambda: ops.SepConvFan(c, edges, 3, stride, (form, stage2), rngs)),
-        ('sep_conv_5x5', lambda: ops.SepConvFan(c, edges, 5, stride, (form, stage2), rngs)),
+        ('sep_conv_3x3', lambda: ops.SepConvFan(c, edges, 3, stride, (form, form), rngs)),
+        ('sep_conv_5x5', lambda: ops.SepConvFan(c, edges, 5, stride, (form, form), rngs)),
         ('dil_conv_3x3', lambda: ops.DilConvFan(c, edges, 3, stride, 2, form, rngs)),
         ('dil_conv_5x5', lambda: ops.DilConvFan(c, edges, 5, stride, 2, form, rngs))):
       if name in has:

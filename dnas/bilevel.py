@@ -58,8 +58,8 @@ def first_order_step(state: SearchState, train_batch, val_batch, *, loss_fn: Los
       'train_accuracy': accuracy(train_logits, train_batch['label']),
       'val_loss': val_loss,
       'val_accuracy': accuracy(val_logits, val_batch['label']),
-      'weight_grad_norm': optax.global_norm(weight_grads),
-      'alpha_grad_norm': optax.global_norm(alpha_grads),
+      'weight_grad_norm': optax.tree.norm(weight_grads),
+      'alpha_grad_norm': optax.tree.norm(alpha_grads),
   }
   return new_state, metrics
 

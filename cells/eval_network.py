@@ -380,7 +380,8 @@ def _dw_pw_macs(h, w, k, stride, dilation, c, form, paper):
   pad = dilation * (k - 1) // 2
   if form == 'folded' and not paper:
     return _conv_macs(h, w, k, stride, dilation, pad, c, c, paper)
-  dw, ho, wo = _conv_macs(h, w, k, stride, dilation, pad, 1, c, paper)
+  # `shift` multiplies shifted slices of the zero-padded input: padding taps cost too.
+  dw, ho, wo = _conv_macs(h, w, k, stride, dilation, pad, 1, c, paper or form == 'shift')
   return dw + ho * wo * c * c, ho, wo
 
 

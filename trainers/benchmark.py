@@ -16,6 +16,7 @@ drop-path), compiles its forward pass and measures:
   memory            peak RSS of this process (CPU) or the device's peak bytes in use, and
                     XLA's own estimate for the batch-`batch` executable (arguments + temps)
 """
+import os
 import resource
 import statistics
 import time
@@ -65,6 +66,18 @@ def _time_runs(fn, state, x, repeats: int) -> list[float]:
   return times
 
 
+def host_cpu() -> str:
+  """The host's CPU model and core count (what a CPU benchmark ran on)."""
+  model = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next((line.split(':', 1)[1].strip() for line in f
+                    if line.startswith('model name')), '')
+  except OSError:
+    pass
+  return f'{model or "unknown CPU"}, {os.cpu_count()} cores'
+
+
 def peak_memory_bytes() -> tuple[int, str]:
   """(bytes, what): the device's peak bytes in use where it reports them (GPU, TPU), else
   this process's peak resident set size (CPU: the arrays live in host memory)."""
@@ -87,6 +100,7 @@ def benchmark(name_or_path: str, *, network: str = 'cifar', channels: int | None
                       num_classes=num_classes, conv_form=conv_form, seed=seed)
   in_channels = (model.stem_w if network == 'cifar' else model.stem0_w1).shape[2]
   params = eval_network.num_params(model)
+  forms = sorted({op.form for cell in model.cells for op in cell.ops if hasattr(op, 'form')})
   flops_analytic = eval_network.analytic_flops(model, 1, (size, size))
   macs_paper = eval_network.conv_macs(model, 1, (size, size), paper=True)
   graphdef, state = nnx.split(model)
@@ -133,8 +147,8 @@ def benchmark(name_or_path: str, *, network: str = 'cifar', channels: int | None
       'throughput_img_s': round(batch / statistics.median(batch_times), 1),
       'peak_memory_bytes': peak, 'peak_memory_kind': peak_kind,
       'xla_memory_bytes_batch': xla_mem,
-      'repeats': repeats, 'conv_form': conv_form,
-      'backend': jax.default_backend(), 'device': device.device_kind,
+      'repeats': repeats, 'conv_form': conv_form, 'conv_forms_used': forms,
+      'backend': jax.default_backend(), 'device': device.device_kind, 'host': host_cpu(),
       'jax': jax.__version__,
   }
 
@@ -170,6 +184,8 @@ def table(results: list[dict]) -> str:
                      for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
   lines.insert(1, '-' * len(lines[0]))
   note = (f'{r0["network"]} network, C={r0["channels"]}, {r0["layers"]} cells, '
-          f'{r0["image_size"]}x{r0["image_size"]}, {r0["backend"]}, jax {r0["jax"]}; peak '
-          f'memory: {r0["peak_memory_kind"]}')
+          f'{r0["image_size"]}x{r0["image_size"]}, conv form {r0["conv_form"]} '
+          f'({"/".join(r0["conv_forms_used"]) or "no convs"}); '
+          f'{r0["backend"]} on {r0["host"]}, jax {r0["jax"]}; peak memory: '
+          f'{r0["peak_memory_kind"]}')
   return '\n'.join(lines + [note])

@@ -47,38 +47,49 @@ def run_retrain(workdir, tfds_dir, cache_dir, geno_path, *overrides):
   return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
-@pytest.fixture(scope='module')
-def finished_run(tmp_path_factory, tfds_dir, cache_dir, searched_genotype):
-  workdir = str(tmp_path_factory.mktemp('retrain'))
-  proc = run_retrain(workdir, tfds_dir, cache_dir, searched_genotype[0], '--config.epochs=1')
+def test_a_searched_genotype_retrains_resumes_and_keeps_its_workdir(
+    tmp_path, tfds_dir, cache_dir, searched_genotype):
+  """One test, so that parallel workers do not each repeat the first run."""
+  geno_path, geno = searched_genotype
+  workdir = str(tmp_path / 'retrain')
+  proc = run_retrain(workdir, tfds_dir, cache_dir, geno_path, '--config.epochs=1')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
 
-
-def test_a_searched_genotype_retrains_and_reports_test_accuracy(finished_run, searched_genotype):
-  workdir, proc = finished_run
+  # ---- the run's outputs
   result = json.load(open(os.path.join(workdir, 'result.json')))
   assert result['steps'] == 2 and result['test_split'] == 'test'
   assert 0.0 <= result['test_accuracy'] <= 1.0
   assert f'test accuracy: {result["test_accuracy"]:.4f}' in proc.stdout
   # Every one of the 1,000 test digits was scored: accuracy is a multiple of 1/1000.
   assert abs(result['test_accuracy'] * 1000 - round(result['test_accuracy'] * 1000)) < 1e-9
-  assert result['genotype'] == searched_genotype[1].to_json()
+  assert result['genotype'] == geno.to_json()
   assert genotype.load(os.path.join(workdir, 'genotype.json'), darts.PRIMITIVES,
-                       space='darts') == searched_genotype[1]
+                       space='darts') == geno
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2'))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tb')))
 
-
-def test_rerun_resumes_from_the_checkpoint(finished_run, tfds_dir, cache_dir, searched_genotype,
-                                           tmp_path):
-  workdir, _ = finished_run
+  # ---- the same command with more epochs resumes
   resumed = str(tmp_path / 'resumed')
   subprocess.run(['cp', '-r', workdir, resumed], check=True)
-  proc = run_retrain(resumed, tfds_dir, cache_dir, searched_genotype[0], '--config.epochs=2')
+  proc = run_retrain(resumed, tfds_dir, cache_dir, geno_path, '--config.epochs=2')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Resumed from the checkpoint at step 2' in proc.stdout
   assert json.load(open(os.path.join(resumed, 'result.json')))['steps'] == 4
+  assert os.path.isdir(os.path.join(resumed, 'checkpoints', '4'))
+
+  # ---- another genotype on the same workdir is refused, nothing touched
+  proc = run_retrain(workdir, tfds_dir, cache_dir, 'DARTS_V2', '--config.epochs=1')
+  assert proc.returncode == 1
+  assert "another experiment's checkpoints (genotype:" in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+
+  # ---- a NaN loss stops the run naming the step and the last good checkpoint. The lr is
+  # fed per step, so the step-3 update makes the weights NaN and step 4's loss shows it.
+  proc = run_retrain(resumed, tfds_dir, cache_dir, geno_path, '--config.epochs=3',
+                     '--config.optim.lr=nan')
+  assert proc.returncode == 1
+  assert 'at step 6; last good checkpoint: step 4' in proc.stderr, proc.stderr[-2000:]
   assert os.path.isdir(os.path.join(resumed, 'checkpoints', '4'))
 
 
@@ -91,24 +102,3 @@ def test_missing_default_genotype_says_run_the_search_first(tmp_path, tfds_dir, 
   assert 'run the search first' in lines[-1] and '--config.genotype=DARTS_V2' in lines[-1]
   assert 'Traceback' not in proc.stderr
   assert not os.path.exists(tmp_path / 'w')  # refused before anything was written
-
-
-def test_another_genotype_on_the_same_workdir_is_refused(finished_run, tfds_dir, cache_dir):
-  workdir, _ = finished_run
-  proc = run_retrain(workdir, tfds_dir, cache_dir, 'DARTS_V2', '--config.epochs=1')
-  assert proc.returncode == 1
-  assert "another experiment's checkpoints (genotype:" in proc.stderr
-  assert 'Traceback' not in proc.stderr
-
-
-def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(finished_run, tfds_dir,
-                                                                  cache_dir, searched_genotype,
-                                                                  tmp_path):
-  workdir, _ = finished_run
-  copy = str(tmp_path / 'nan')
-  subprocess.run(['cp', '-r', workdir, copy], check=True)
-  proc = run_retrain(copy, tfds_dir, cache_dir, searched_genotype[0], '--config.epochs=2',
-                     '--config.optim.lr=nan')
-  assert proc.returncode == 1
-  assert 'at step 4; last good checkpoint: step 2' in proc.stderr, proc.stderr[-2000:]
-  assert os.path.isdir(os.path.join(copy, 'checkpoints', '2'))

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _GENOTYPE = flags.DEFINE_multi_string('genotype', None, 'Known genotype name (DARTS_V1, '
                                       'DARTS_V2, PC_DARTS, P_DARTS, DrNAS) or a genotype.json '
@@ -51,6 +51,7 @@ def _one_in_subprocess(genotype: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # jax / matplotlib log their start-up at INFO
   from dnas.genotype import GenotypeError
   from dnas.cells import known_genotypes
   try:  # bad names fail before anything is compiled

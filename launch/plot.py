@@ -9,7 +9,7 @@ Needs matplotlib: pip install 'dnas[plot]'.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _GENOTYPE = flags.DEFINE_multi_string('genotype', [], 'Known genotype name or genotype.json '
                                       'path (repeatable).')
@@ -29,6 +29,7 @@ def _stem(path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # jax / matplotlib log their start-up at INFO
   if not _GENOTYPE.value and not _ALPHAS.value:
     raise app.UsageError('nothing to plot: pass --genotype=NAME|PATH and/or --alphas=PATH')
   from dnas.cells import known_genotypes

@@ -27,7 +27,12 @@ def get_config():
   c.relaxation = 'softmax'      # dnas/relaxations: a registered name
 
   c.bilevel = ml_collections.ConfigDict()
-  c.bilevel.order = 1
+  c.bilevel.order = 1           # 1: first order | 2: unrolled (dnas/unrolled.py)
+  # Second order only (an error with order 1): how the Hessian-vector product is computed,
+  # finite_difference (the paper, the default) | exact; and the virtual step xi (None: the
+  # weight learning rate, as the paper).
+  c.bilevel.hvp = ml_collections.config_dict.placeholder(str)
+  c.bilevel.xi = ml_collections.config_dict.placeholder(float)
 
   c.batch_size = 32
   c.epochs = 3

@@ -5,7 +5,8 @@ DARTS (Liu et al., 2019) alternates, every step, between
      of the held-out half of the data, weights fixed;
   2. a weight step: w <- w - SGD(d L_train(w, alphas') / d w), on a training batch, with the
      alphas just updated.
-First order approximates the architecture gradient by the gradient at the current weights.
+First order approximates the architecture gradient by the gradient at the current weights;
+second order differentiates through one virtual weight step (dnas/unrolled.py).
 
 Batch statistics: both halves normalise with their own batch's statistics (train mode, as in
 the reference). Running averages are updated by the weight step only, so the held-out
@@ -14,12 +15,14 @@ batches never leak into the BN state that evaluation uses.
 `loss_fn(weights, alphas, batch_stats, batch, key, step) -> (loss, (logits, new_batch_stats))`
 is supplied by the search space; nothing here knows about cells or ops.
 """
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from dnas import unrolled
 from dnas.state import SearchState
 
 LossFn = Callable
@@ -29,16 +32,52 @@ def accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def first_order_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
-                     weight_tx: optax.GradientTransformation,
-                     alpha_tx: optax.GradientTransformation):
-  """One first-order DARTS step. Returns (new state, metrics dict of scalars)."""
+def first_order_alpha_gradient(state: SearchState, train_batch, val_batch, key, *,
+                               loss_fn: LossFn):
+  """grad_alpha L_val(w, alpha) at the current weights (DARTS' first-order approximation).
+  Returns (grads, val_loss, val_logits, extra metrics); the val pass's BN update is dropped."""
+  del train_batch
+  (val_loss, (val_logits, _)), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
+      state.weights, state.alphas, state.batch_stats, val_batch, key, state.step)
+  return grads, val_loss, val_logits, {}
+
+
+def alpha_gradient_fn(order: int, *, loss_fn: LossFn, hvp: str | None = None,
+                      xi: float | Callable | None = None, momentum: float = 0.9,
+                      weight_decay: float = 3e-4, fd_radius: float = unrolled.FD_RADIUS):
+  """The architecture-gradient function for `bilevel.order` 1 or 2 (see dnas/unrolled.py).
+
+  Settings that the chosen order does not use are an error, never silently ignored."""
+  if order == 1:
+    if hvp is not None or xi is not None:
+      raise ValueError('bilevel.hvp and bilevel.xi only apply to second order: set '
+                       '--config.bilevel.order=2 or leave them unset')
+    return functools.partial(first_order_alpha_gradient, loss_fn=loss_fn)
+  if order == 2:
+    if xi is None:
+      raise ValueError('second order needs xi, the virtual step size (the weight lr schedule '
+                       'in the paper)')
+    return functools.partial(unrolled.alpha_gradient, loss_fn=loss_fn, xi=xi,
+                             momentum=momentum, weight_decay=weight_decay,
+                             hvp=unrolled.check_hvp(hvp or 'finite_difference'),
+                             fd_radius=fd_radius)
+  raise ValueError(f'bilevel.order must be 1 (first order) or 2 (unrolled), got {order!r}')
+
+
+def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
+                weight_tx: optax.GradientTransformation,
+                alpha_tx: optax.GradientTransformation, alpha_gradient: Callable | None = None):
+  """One DARTS step: architecture step, then weight step at the new alphas.
+
+  `alpha_gradient` (from `alpha_gradient_fn`) picks first or second order; default first.
+  Returns (new state, metrics dict of scalars)."""
+  if alpha_gradient is None:
+    alpha_gradient = functools.partial(first_order_alpha_gradient, loss_fn=loss_fn)
   rng, key_alpha, key_weight = jax.random.split(state.rng, 3)
 
-  # 1. Architecture step on the val batch; its BN running-stat update is discarded.
-  (val_loss, (val_logits, _)), alpha_grads = jax.value_and_grad(
-      loss_fn, argnums=1, has_aux=True)(state.weights, state.alphas, state.batch_stats,
-                                        val_batch, key_alpha, state.step)
+  # 1. Architecture step on the val batch; its BN running-stat updates are discarded.
+  alpha_grads, val_loss, val_logits, extra = alpha_gradient(state, train_batch, val_batch,
+                                                            key_alpha)
   updates, alpha_opt_state = alpha_tx.update(alpha_grads, state.alpha_opt_state, state.alphas)
   alphas = optax.apply_updates(state.alphas, updates)
 
@@ -60,6 +99,7 @@ def first_order_step(state: SearchState, train_batch, val_batch, *, loss_fn: Los
       'val_accuracy': accuracy(val_logits, val_batch['label']),
       'weight_grad_norm': optax.tree.norm(weight_grads),
       'alpha_grad_norm': optax.tree.norm(alpha_grads),
+      **extra,
   }
   return new_state, metrics
 

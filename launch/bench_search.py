@@ -2,6 +2,7 @@
 
     python -m dnas.launch.bench_search --layers=5 --channels=8 --batch=32    # small
     python -m dnas.launch.bench_search                                       # paper: 8, 16, 64
+    python -m dnas.launch.bench_search --order=2 --hvp=exact                 # second order
 
 Prints one JSON line: lower / compile / first-step seconds, median steady step seconds, peak
 RSS, parameter count (weights only: the reference's count_parameters convention), backend.
@@ -18,6 +19,9 @@ _LAYERS = flags.DEFINE_integer('layers', 8, 'Cells in the search network.')
 _CHANNELS = flags.DEFINE_integer('channels', 16, 'Initial channels C.')
 _BATCH = flags.DEFINE_integer('batch', 64, 'Batch size (train and val batches each).')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the first one.')
+_ORDER = flags.DEFINE_integer('order', 1, '1: first order, 2: unrolled (second order).')
+_HVP = flags.DEFINE_enum('hvp', 'finite_difference', ['finite_difference', 'exact'],
+                         'Hessian-vector product of the second-order step.')
 _FORM = flags.DEFINE_string('conv_form', 'auto', 'auto | folded | shift | grouped')
 _SEED = flags.DEFINE_integer('seed', 2, 'Seed for weights and synthetic data.')
 _PROFILE = flags.DEFINE_string('profile_dir', '', 'If set, write a jax.profiler trace of one '
@@ -48,9 +52,13 @@ def main(argv):
                       alpha_opt_state=alpha_tx.init(alphas),
                       rng=jax.random.key_data(jax.random.key(_SEED.value)))
   params = sum(x.size for x in jax.tree.leaves(state.weights))
-  step = jax.jit(functools.partial(bilevel.first_order_step,
-                                   loss_fn=bilevel.classification_loss(graphdef),
-                                   weight_tx=weight_tx, alpha_tx=alpha_tx), donate_argnums=0)
+  loss_fn = bilevel.classification_loss(graphdef)
+  alpha_gradient = bilevel.alpha_gradient_fn(
+      _ORDER.value, loss_fn=loss_fn, hvp=_HVP.value if _ORDER.value == 2 else None,
+      xi=0.025 if _ORDER.value == 2 else None)
+  step = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn, weight_tx=weight_tx,
+                                   alpha_tx=alpha_tx, alpha_gradient=alpha_gradient),
+                 donate_argnums=0)
   rng = np.random.default_rng(_SEED.value)
 
   def batch():
@@ -78,7 +86,8 @@ def main(argv):
       jax.profiler.stop_trace()
   rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print(json.dumps({
-      'layers': _LAYERS.value, 'C': _CHANNELS.value, 'batch': _BATCH.value, 'order': 1,
+      'layers': _LAYERS.value, 'C': _CHANNELS.value, 'batch': _BATCH.value, 'order': _ORDER.value,
+      'hvp': _HVP.value if _ORDER.value == 2 else None,
       'conv_form': _FORM.value, 'backend': jax.default_backend(),
       'device': jax.devices()[0].device_kind, 'params': int(params),
       'lower_s': round(t1 - t0, 2), 'compile_s': round(t2 - t1, 2),

@@ -35,8 +35,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   darts.check_primitives(config.model.primitives)
   if config.model.space != darts.SPACE:
     raise ValueError(f'unknown search space {config.model.space!r}; valid: {darts.SPACE}')
-  if config.bilevel.order != 1:
-    raise ValueError(f'bilevel.order={config.bilevel.order} is not available yet; valid: 1')
+  make_alpha_gradient(config, loss_fn=None, lr_schedule=None)  # order / hvp / xi combination
   for field in ('batch_size', 'epochs', 'log_every_steps', 'checkpoint_every_steps'):
     if int(config[field]) <= 0:
       raise ValueError(f'config.{field} must be positive, got {config[field]}')
@@ -59,6 +58,25 @@ def build_model(config, spec: data.DatasetSpec) -> darts.SearchNetwork:
       primitives=tuple(config.model.primitives), num_nodes=config.model.num_nodes,
       relaxation=config.relaxation, conv_form=config.model.conv_form,
       rngs=nnx.Rngs(config.seed))
+
+
+def make_alpha_gradient(config, *, loss_fn, lr_schedule):
+  """First or second order from `config.bilevel`; xi defaults to the weight lr schedule."""
+  b = config.bilevel
+  xi = b.get('xi')
+  if b.order == 2 and xi is None:
+    xi = lr_schedule or 0.0
+  return bilevel.alpha_gradient_fn(b.order, loss_fn=loss_fn, hvp=b.get('hvp'), xi=xi,
+                                   momentum=config.optim.momentum,
+                                   weight_decay=config.optim.weight_decay)
+
+
+def describe_bilevel(config) -> str:
+  b = config.bilevel
+  if b.order == 1:
+    return 'first order'
+  xi = 'the weight lr' if b.get('xi') is None else b.xi
+  return f'second order (hvp={b.get("hvp") or "finite_difference"}, xi={xi})'
 
 
 def build_optimizers(config, steps_per_epoch: int):
@@ -155,7 +173,7 @@ def log_alpha_scalars(writer, step, weights_pair, primitives):
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs or resumes a first-order DARTS search; returns the summary also in result.json."""
+  """Runs or resumes a DARTS search; returns the summary also in result.json."""
   check_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data_dir = os.path.expanduser(config.data_dir)
@@ -191,14 +209,17 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = int(state.step)
   n_weights = sum(x.size for x in jax.tree.leaves(state.weights))
   print(f'dnas search: {config.dataset}, DARTS space ({config.model.layers} cells, '
-        f'C={config.model.channels}), relaxation={config.relaxation}, first order; '
+        f'C={config.model.channels}), relaxation={config.relaxation}, '
+        f'{describe_bilevel(config)}; '
         f'{n_weights:,} weights; {total_steps} steps ({config.epochs} epochs x '
         f'{steps_per_epoch}); backend={jax.default_backend()}', flush=True)
 
   # ---- step
   loss_fn = bilevel.classification_loss(graphdef)
-  step_fn = jax.jit(functools.partial(bilevel.first_order_step, loss_fn=loss_fn,
-                                      weight_tx=weight_tx, alpha_tx=alpha_tx),
+  alpha_gradient = make_alpha_gradient(config, loss_fn=loss_fn, lr_schedule=lr_schedule)
+  step_fn = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn,
+                                      weight_tx=weight_tx, alpha_tx=alpha_tx,
+                                      alpha_gradient=alpha_gradient),
                     donate_argnums=0)
   eval_batch = make_eval_fn(graphdef)
 

@@ -11,25 +11,9 @@ from dnas import arch, bilevel
 from dnas.cells import darts
 from dnas.state import SearchState
 
+from tiny_problem import batch, tiny_model  # tests/dnas/tiny_problem.py
+
 pytestmark = pytest.mark.usefixtures('x64')
-
-
-def tiny_model():
-  """2 nodes per cell (5 edges), 3 cells, C=4, 1 input channel: fast enough for float64 FD."""
-  model = darts.SearchNetwork(num_classes=3, in_channels=1, channels=4, layers=3, num_nodes=2,
-                              multiplier=2, conv_form='shift', rngs=nnx.Rngs(0))
-  graphdef, alphas, stats, weights = arch.split(model)
-  to64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)
-  # Alphas away from uniform, so that the softmax Jacobian is not degenerate.
-  alphas = jax.tree.map(lambda v: jax.random.normal(jax.random.key(3), v.shape, jnp.float64),
-                        alphas)
-  return graphdef, alphas, to64(stats), to64(weights)
-
-
-def batch(seed, n=4):
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  return {'image': jax.random.normal(k1, (n, 8, 8, 1), jnp.float64),
-          'label': jax.random.randint(k2, (n,), 0, 3)}
 
 
 def test_alpha_gradient_matches_central_finite_differences():
@@ -57,7 +41,7 @@ def test_first_order_step_follows_the_darts_update_rule():
                       batch_stats=stats, weight_opt_state=weight_tx.init(weights),
                       alpha_opt_state=alpha_tx.init(alphas),
                       rng=jax.random.key_data(jax.random.key(0)))
-  step = jax.jit(functools.partial(bilevel.first_order_step, loss_fn=loss_fn,
+  step = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn,
                                    weight_tx=weight_tx, alpha_tx=alpha_tx))
   train, val = batch(1), batch(2)
   new, metrics = step(state, train, val)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dnas import genotype
@@ -72,11 +73,30 @@ def test_rerun_resumes_from_the_checkpoint(finished_run, tfds_dir, cache_dir, tm
   assert before['steps'] == 2
 
 
+def test_second_order_search_takes_the_unrolled_path(finished_run, tfds_dir, cache_dir, tmp_path):
+  """Same data, seed and config as the first-order run except bilevel.order: the alphas after
+  the same steps differ, so the unrolled gradient was really used (no silent fallback)."""
+  first_order, _ = finished_run
+  workdir = str(tmp_path / 'second')
+  proc = run_search(workdir, tfds_dir, cache_dir, '--config.epochs=1', '--config.bilevel.order=2',
+                    '--config.bilevel.hvp=exact')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'second order (hvp=exact, xi=the weight lr)' in proc.stdout
+  second = json.loads(open(os.path.join(workdir, 'alphas.jsonl')).readline())
+  first = json.loads(open(os.path.join(first_order, 'alphas.jsonl')).readline())
+  assert second['step'] == first['step'] == 2
+  diff = np.abs(np.array(second['normal']) - np.array(first['normal'])).max()
+  assert diff > 1e-6, diff
+  genotype.load(os.path.join(workdir, 'genotype.json'), darts.PRIMITIVES, space='darts')
+
+
 @pytest.mark.parametrize('overrides, message', [
     (['--config.no_such_field=1'], 'no_such_field'),
     (['--config.relaxation=gumble'], "unknown relaxation 'gumble'; valid names: softmax"),
     (["--config.model.primitives=('sep_conv_3x3','conv_9x9')"], "unknown DARTS op(s) ['conv_9x9']"),
     (['--config.dataset=imagenet'], "Unknown dataset 'imagenet'"),
+    (['--config.bilevel.hvp=exact'], 'bilevel.hvp and bilevel.xi only apply to second order'),
+    (['--config.bilevel.order=3'], 'bilevel.order must be 1 (first order) or 2 (unrolled)'),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, tfds_dir, cache_dir, overrides, message):
   proc = run_search(str(tmp_path / 'w'), tfds_dir, cache_dir, *overrides)

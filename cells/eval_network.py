@@ -23,9 +23,6 @@ from flax import nnx
 from dnas.cells import darts, ops
 from dnas.genotype import Genotype
 
-AUX_WEIGHT = 0.4  # the reference's --auxiliary_weight
-
-
 def torch_uniform(fan_in: int):
   """PyTorch's default conv/linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn by numpy
   from the given JAX key.

@@ -151,11 +151,13 @@ class SearchNetwork(nnx.Module):
 
   def __init__(self, *, num_classes: int, in_channels: int = 3, channels: int = 16,
                layers: int = 8, primitives: Sequence[str] = PRIMITIVES, num_nodes: int = 4,
-               multiplier: int = 4, stem_multiplier: int = 3, relaxation: str = 'softmax',
-               conv_form: str = 'auto', rngs: nnx.Rngs):
+               multiplier: int = 4, stem_multiplier: int = 3,
+               relaxation: str | relaxations.Relaxation = 'softmax', conv_form: str = 'auto',
+               rngs: nnx.Rngs):
     self.primitives = check_primitives(primitives)
-    self.relaxation = relaxation
-    relaxations.get(relaxation)  # fail at construction on an unknown name
+    # A name takes the paper's defaults; `relaxations.make` sets hyperparameters / schedule.
+    self.relaxation = (relaxations.make(relaxation) if isinstance(relaxation, str)
+                       else relaxation)
     if conv_form != 'auto' and conv_form not in ops.FORMS:
       raise ValueError(f'unknown conv_form {conv_form!r}; valid: auto, {", ".join(ops.FORMS)}')
     c_curr = stem_multiplier * channels
@@ -180,11 +182,21 @@ class SearchNetwork(nnx.Module):
     self.alphas_reduce = ArchParam(1e-3 * jax.random.normal(rngs.params(), (k, len(primitives))))
 
   def op_weights(self, key=None, step=None):
-    """Relaxed op weights (normal, reduce), each (num_edges, num_ops)."""
-    relax = relaxations.get(self.relaxation)
+    """Relaxed op weights (normal, reduce), each (num_edges, num_ops); key=None: the
+    relaxation's deterministic weights. Normal and reduce cells draw independent samples."""
     k1, k2 = jax.random.split(key) if key is not None else (None, None)
-    return (relax(self.alphas_normal[...], key=k1, step=step),
-            relax(self.alphas_reduce[...], key=k2, step=step))
+    return (self.relaxation.weights(self.alphas_normal[...], key=k1, step=step),
+            self.relaxation.weights(self.alphas_reduce[...], key=k2, step=step))
+
+  def genotype_weights(self):
+    """(normal, reduce) weights that the genotype is read off, as the relaxation defines."""
+    return (self.relaxation.genotype_weights(self.alphas_normal[...]),
+            self.relaxation.genotype_weights(self.alphas_reduce[...]))
+
+  def relaxation_loss(self):
+    """The relaxation's term of the search loss (e.g. DrNAS's KL), summed over cell types."""
+    return (self.relaxation.loss(self.alphas_normal[...]) +
+            self.relaxation.loss(self.alphas_reduce[...]))
 
   def __call__(self, x, train: bool, key=None, step=None):
     w_normal, w_reduce = self.op_weights(key, step)

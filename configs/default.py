@@ -24,7 +24,12 @@ def get_config():
                         'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
   c.model.conv_form = 'auto'  # auto | folded | shift | grouped (cells/ops.py)
 
-  c.relaxation = 'softmax'      # dnas/relaxations: a registered name
+  c.relaxation = 'softmax'      # dnas/relaxations: softmax | gumbel_softmax | gumbel_hard |
+                                # sigmoid | dirichlet, or one registered by relaxation_module
+  # Hyperparameters over the relaxation's paper defaults, e.g.
+  # --config.relaxation_args="{'tau_min': 0.1}"; an unknown key is an error.
+  c.relaxation_args = ml_collections.ConfigDict()
+  c.relaxation_module = ''      # a .py file or module name that registers a user relaxation
 
   c.bilevel = ml_collections.ConfigDict()
   c.bilevel.order = 1           # 1: first order | 2: unrolled (dnas/unrolled.py)

@@ -130,7 +130,9 @@ def cosine_per_epoch(base_lr: float, min_lr: float, epochs: int, steps_per_epoch
 
 
 def classification_loss(graphdef) -> LossFn:
-  """Cross-entropy loss of an nnx model given as split parts (see dnas.arch.split)."""
+  """Cross-entropy loss of an nnx model given as split parts (see dnas.arch.split), plus
+  the model's `relaxation_loss()` if it has one (a relaxation's regulariser, e.g. DrNAS's
+  KL: a function of the alphas only, so it moves the alphas and leaves the weight step)."""
   from flax import nnx
   from dnas import arch
 
@@ -138,5 +140,7 @@ def classification_loss(graphdef) -> LossFn:
     model = arch.merge(graphdef, alphas, batch_stats, weights)
     logits = model(batch['image'], train=True, key=key, step=step)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    if hasattr(model, 'relaxation_loss'):
+      loss = loss + model.relaxation_loss()
     return loss, (logits, nnx.state(model, nnx.BatchStat))
   return loss_fn

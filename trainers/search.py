@@ -31,7 +31,8 @@ from dnas.trainers import checkpoint, data
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Rejects values the search cannot run with, naming the field and the fix."""
   data.get_spec(config.dataset)
-  relaxations.get(config.relaxation)
+  relaxations.load_module(config.relaxation_module)
+  relaxations.make(config.relaxation, config.relaxation_args, total_steps=1)  # name and args
   darts.check_primitives(config.model.primitives)
   if config.model.space != darts.SPACE:
     raise ValueError(f'unknown search space {config.model.space!r}; valid: {darts.SPACE}')
@@ -44,19 +45,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def experiment_identity(config) -> dict:
   """The fields that make two runs the same experiment (a checkpoint of one fits the other)."""
   return {'dataset': config.dataset, 'model': config.model.to_dict(),
-          'relaxation': config.relaxation, 'bilevel': config.bilevel.to_dict(),
+          'relaxation': config.relaxation, 'relaxation_args': config.relaxation_args.to_dict(),
+          'bilevel': config.bilevel.to_dict(),
           'seed': config.seed, 'batch_size': config.batch_size}
 
 
 # ------------------------------------------------------------------------------------- model
 
 
-def build_model(config, spec: data.DatasetSpec) -> darts.SearchNetwork:
+def build_model(config, spec: data.DatasetSpec, total_steps: int) -> darts.SearchNetwork:
+  """The supernet; `total_steps` (the search length) feeds the relaxation's schedule."""
+  relaxation = relaxations.make(config.relaxation, config.relaxation_args,
+                                total_steps=total_steps)
   return darts.SearchNetwork(
       num_classes=spec.num_classes, in_channels=spec.image_shape[-1],
       channels=config.model.channels, layers=config.model.layers,
       primitives=tuple(config.model.primitives), num_nodes=config.model.num_nodes,
-      relaxation=config.relaxation, conv_form=config.model.conv_form,
+      relaxation=relaxation, conv_form=config.model.conv_form,
       rngs=nnx.Rngs(config.seed))
 
 
@@ -99,13 +104,16 @@ def init_state(model, weight_tx, alpha_tx, seed: int):
 
 
 def op_weights(graphdef, state: SearchState):
-  """Relaxed (normal, reduce) op weights of the current alphas, as numpy."""
+  """The relaxation's deterministic (normal, reduce) op weights of the current alphas
+  (no sample), as numpy."""
   model = arch.merge(graphdef, state.alphas, state.batch_stats, state.weights)
   return tuple(np.asarray(w) for w in model.op_weights())
 
 
 def derive_genotype(config, graphdef, state) -> genotype_lib.Genotype:
-  normal, reduce = op_weights(graphdef, state)
+  """DARTS' rule on the weights the relaxation reads its genotype off."""
+  model = arch.merge(graphdef, state.alphas, state.batch_stats, state.weights)
+  normal, reduce = (np.asarray(w) for w in model.genotype_weights())
   return genotype_lib.derive(normal, reduce, tuple(config.model.primitives),
                              num_nodes=config.model.num_nodes, space=darts.SPACE)
 
@@ -192,7 +200,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = config.epochs * steps_per_epoch
 
   # ---- model and state
-  model = build_model(config, spec)
+  model = build_model(config, spec, total_steps)
   weight_tx, alpha_tx, lr_schedule = build_optimizers(config, steps_per_epoch)
   graphdef, state = init_state(model, weight_tx, alpha_tx, config.seed)
   del model

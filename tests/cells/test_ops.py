@@ -157,6 +157,7 @@ def test_unknown_op_and_relaxation_list_the_valid_names():
   with pytest.raises(ValueError, match='valid ops: none, max_pool_3x3'):
     darts.SearchNetwork(num_classes=10, channels=4, layers=3, primitives=('conv_9x9',),
                         rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match='unknown relaxation .*valid names: softmax'):
+  with pytest.raises(ValueError, match='unknown relaxation .*valid names: dirichlet, '
+                                       'gumbel_hard, gumbel_softmax, sigmoid, softmax'):
     darts.SearchNetwork(num_classes=10, channels=4, layers=3, relaxation='gumble',
                         rngs=nnx.Rngs(0))

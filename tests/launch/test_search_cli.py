@@ -92,7 +92,8 @@ def test_second_order_search_takes_the_unrolled_path(finished_run, tfds_dir, cac
 
 @pytest.mark.parametrize('overrides, message', [
     (['--config.no_such_field=1'], 'no_such_field'),
-    (['--config.relaxation=gumble'], "unknown relaxation 'gumble'; valid names: softmax"),
+    (['--config.relaxation=gumble'], "unknown relaxation 'gumble'; valid names: dirichlet, "
+                                     'gumbel_hard, gumbel_softmax, sigmoid, softmax'),
     (["--config.model.primitives=('sep_conv_3x3','conv_9x9')"], "unknown DARTS op(s) ['conv_9x9']"),
     (['--config.dataset=imagenet'], "Unknown dataset 'imagenet'"),
     (['--config.bilevel.hvp=exact'], 'bilevel.hvp and bilevel.xi only apply to second order'),

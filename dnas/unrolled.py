@@ -70,13 +70,14 @@ def alpha_gradient(state, train_batch, val_batch, key, *, loss_fn, xi, momentum:
                    fd_radius: float = FD_RADIUS):
   """The unrolled architecture gradient at `state` (a dnas.state.SearchState).
 
-  `xi` is the virtual step size: a float, or a function of the step (the weight lr schedule,
-  the paper's choice). Returns (grads, val_loss, val_logits, extra metrics).
+  `xi` is the virtual step size: a float, or a function of the search state (e.g. reading the
+  weight optimizer's current learning rate, the paper's choice). Returns (grads, val_loss,
+  val_logits, extra metrics).
   """
   check_hvp(hvp)
   key_train, key_val = jax.random.split(key)
   w, alphas, stats, step = state.weights, state.alphas, state.batch_stats, state.step
-  xi = xi(step) if callable(xi) else xi
+  xi = xi(state) if callable(xi) else xi
 
   def train_loss(weights, alphas):
     return loss_fn(weights, alphas, stats, train_batch, key_train, step)[0]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 from absl import logging
 from flax import nnx
@@ -36,7 +37,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   darts.check_primitives(config.model.primitives)
   if config.model.space != darts.SPACE:
     raise ValueError(f'unknown search space {config.model.space!r}; valid: {darts.SPACE}')
-  make_alpha_gradient(config, loss_fn=None, lr_schedule=None)  # order / hvp / xi combination
+  make_alpha_gradient(config, loss_fn=None)  # order / hvp / xi combination
   for field in ('batch_size', 'epochs', 'log_every_steps', 'checkpoint_every_steps'):
     if int(config[field]) <= 0:
       raise ValueError(f'config.{field} must be positive, got {config[field]}')
@@ -65,12 +66,12 @@ def build_model(config, spec: data.DatasetSpec, total_steps: int) -> darts.Searc
       rngs=nnx.Rngs(config.seed))
 
 
-def make_alpha_gradient(config, *, loss_fn, lr_schedule):
-  """First or second order from `config.bilevel`; xi defaults to the weight lr schedule."""
+def make_alpha_gradient(config, *, loss_fn):
+  """First or second order from `config.bilevel`; xi defaults to the weight lr in force."""
   b = config.bilevel
   xi = b.get('xi')
   if b.order == 2 and xi is None:
-    xi = lr_schedule or 0.0
+    xi = lambda state: state.weight_opt_state.hyperparams['learning_rate']
   return bilevel.alpha_gradient_fn(b.order, loss_fn=loss_fn, hvp=b.get('hvp'), xi=xi,
                                    momentum=config.optim.momentum,
                                    weight_decay=config.optim.weight_decay)
@@ -85,13 +86,36 @@ def describe_bilevel(config) -> str:
 
 
 def build_optimizers(config, steps_per_epoch: int):
+  """DARTS' optimizers with their hyperparameters in the optimizer state
+  (optax.inject_hyperparams), fed from the config every step (`hyperparams`) rather than
+  compiled in as constants: a run resumed with more epochs or another lr reuses the compiled
+  step from the persistent cache, and a checkpoint never overrides the config's values."""
   o = config.optim
   lr = bilevel.cosine_per_epoch(o.lr, o.lr_min, config.epochs, steps_per_epoch)
-  weight_tx = bilevel.weight_optimizer(learning_rate=lr, momentum=o.momentum,
-                                       weight_decay=o.weight_decay, grad_clip=o.grad_clip)
-  alpha_tx = bilevel.alpha_optimizer(learning_rate=o.arch_lr, b1=o.arch_b1, b2=o.arch_b2,
-                                     weight_decay=o.arch_weight_decay)
+  weight_tx = optax.inject_hyperparams(bilevel.weight_optimizer)(
+      learning_rate=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+      grad_clip=o.grad_clip)
+  alpha_tx = optax.inject_hyperparams(bilevel.alpha_optimizer)(
+      learning_rate=o.arch_lr, b1=o.arch_b1, b2=o.arch_b2, weight_decay=o.arch_weight_decay)
   return weight_tx, alpha_tx, lr
+
+
+def hyperparams(config, lr: float) -> dict:
+  """The optimizers' hyperparameters at one step (the weight lr from the schedule)."""
+  o = config.optim
+  return {'weight': {'learning_rate': lr, 'momentum': o.momentum,
+                     'weight_decay': o.weight_decay, 'grad_clip': o.grad_clip},
+          'alpha': {'learning_rate': o.arch_lr, 'b1': o.arch_b1, 'b2': o.arch_b2,
+                    'weight_decay': o.arch_weight_decay}}
+
+
+def train_step(state: SearchState, train_batch, val_batch, hparams, *, step_kwargs):
+  """bilevel.search_step with this step's optimizer hyperparameters set in the state."""
+  cast = lambda d: {k: jnp.asarray(v, jnp.float32) for k, v in d.items()}
+  state = state.replace(
+      weight_opt_state=state.weight_opt_state._replace(hyperparams=cast(hparams['weight'])),
+      alpha_opt_state=state.alpha_opt_state._replace(hyperparams=cast(hparams['alpha'])))
+  return bilevel.search_step(state, train_batch, val_batch, **step_kwargs)
 
 
 def init_state(model, weight_tx, alpha_tx, seed: int):
@@ -209,7 +233,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   restored, restored_step = ckpt.restore_latest(state)
   history = AlphaHistory(os.path.join(workdir, 'alphas.jsonl'))
   if restored is not None:
-    state = restored
+    # orbax returns device-committed arrays, whose sharding annotations change the lowered
+    # step and miss the persistent compilation cache; uncommitted copies (like a fresh
+    # state's) let a resumed run reuse the step compiled before the interruption.
+    state = jax.tree.map(lambda r: jax.device_put(np.asarray(r)), restored)
     history.truncate_after(restored_step)
     print(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}', flush=True)
   else:
@@ -224,11 +251,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- step
   loss_fn = bilevel.classification_loss(graphdef)
-  alpha_gradient = make_alpha_gradient(config, loss_fn=loss_fn, lr_schedule=lr_schedule)
-  step_fn = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn,
-                                      weight_tx=weight_tx, alpha_tx=alpha_tx,
-                                      alpha_gradient=alpha_gradient),
-                    donate_argnums=0)
+  alpha_gradient = make_alpha_gradient(config, loss_fn=loss_fn)
+  step_fn = jax.jit(functools.partial(
+      train_step, step_kwargs=dict(loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx,
+                                   alpha_gradient=alpha_gradient)), donate_argnums=0)
   eval_batch = make_eval_fn(graphdef)
 
   writer = SummaryWriter(os.path.join(workdir, 'tb'))
@@ -239,7 +265,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   try:
     for step in range(start, total_steps):
-      state, metrics = step_fn(state, train_ds[step], val_ds[step])
+      hparams = hyperparams(config, float(lr_schedule(step)))
+      state, metrics = step_fn(state, train_ds[step], val_ds[step], hparams)
       done = step + 1
       metrics = {k: float(v) for k, v in metrics.items()}
       if not all(math.isfinite(v) for v in metrics.values()):

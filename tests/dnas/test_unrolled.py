@@ -14,7 +14,8 @@ from dnas.state import SearchState
 
 from tiny_problem import batch, tiny_model  # tests/dnas/tiny_problem.py
 
-pytestmark = pytest.mark.usefixtures('x64')
+# One xdist worker (--dist loadgroup) runs these tests, so the compiled gradients are shared.
+pytestmark = [pytest.mark.usefixtures('x64'), pytest.mark.xdist_group('unrolled')]
 
 LR, MOMENTUM, WD = 0.1, 0.9, 3e-4
 
@@ -22,7 +23,7 @@ LR, MOMENTUM, WD = 0.1, 0.9, 3e-4
 @pytest.fixture(scope='module')
 def problem():
   with jax.enable_x64(True):
-    graphdef, alphas, stats, weights = tiny_model('folded')  # fewest ops: fastest compile
+    graphdef, alphas, stats, weights = tiny_model()
     loss_fn = bilevel.classification_loss(graphdef)
     weight_tx = bilevel.weight_optimizer(learning_rate=LR, momentum=MOMENTUM, weight_decay=WD)
     alpha_tx = bilevel.alpha_optimizer()
@@ -123,27 +124,6 @@ def test_xi_zero_is_the_first_order_gradient(problem):
   for hvp in unrolled.HVP_MODES:
     np.testing.assert_allclose(flat(unrolled_grad(problem, hvp, xi=0.0)), first, rtol=1e-12,
                                atol=1e-15)
-
-
-def test_second_order_step_uses_the_unrolled_gradient(problem):
-  """The full jitted step with order 2 updates the alphas by Adam on the unrolled gradient
-  (first Adam step: a - lr * (g + wd a) / |g + wd a|), and the weights as first order does."""
-  p = problem
-  xi = bilevel.cosine_per_epoch(LR, 0.0, epochs=10, steps_per_epoch=5)
-  alpha_gradient = bilevel.alpha_gradient_fn(2, loss_fn=p['loss_fn'], hvp='exact', xi=xi,
-                                             momentum=MOMENTUM, weight_decay=WD)
-  step = jax.jit(functools.partial(bilevel.search_step, loss_fn=p['loss_fn'],
-                                   weight_tx=p['weight_tx'], alpha_tx=p['alpha_tx'],
-                                   alpha_gradient=alpha_gradient))
-  state = p['state'].replace(rng=jax.random.key_data(p['key']))
-  new, metrics = step(state, p['train'], p['val'])
-  key_alpha = jax.random.split(p['key'], 3)[1]
-  g = unrolled.alpha_gradient(state, p['train'], p['val'], key_alpha, loss_fn=p['loss_fn'], xi=LR,
-                              momentum=MOMENTUM, weight_decay=WD, hvp='exact')[0]
-  want = jax.tree.map(lambda a, g: a - 3e-4 * (g + 1e-3 * a) / (jnp.abs(g + 1e-3 * a) + 1e-8),
-                      state.alphas, g)
-  np.testing.assert_allclose(flat(new.alphas), flat(want), rtol=1e-10, atol=1e-12)
-  assert float(metrics['hvp_norm']) > 0
 
 
 def test_order_and_hvp_combinations():

@@ -7,8 +7,9 @@ from dnas import arch
 from dnas.cells import darts
 
 
-def tiny_model(conv_form: str = 'shift'):
-  """2 nodes per cell (5 edges), 3 cells, C=4, 1 input channel: fast enough for float64 FD."""
+def tiny_model(conv_form: str = 'folded'):
+  """2 nodes per cell (5 edges), 3 cells, C=4, 1 input channel: fast enough for float64 FD.
+  The folded conv form has the fewest ops (2.4x fewer than shift), so it compiles fastest."""
   model = darts.SearchNetwork(num_classes=3, in_channels=1, channels=4, layers=3, num_nodes=2,
                               multiplier=2, conv_form=conv_form, rngs=nnx.Rngs(0))
   graphdef, alphas, stats, weights = arch.split(model)

@@ -15,6 +15,10 @@ import pytest
 from dnas import genotype
 from dnas.cells import darts
 
+# One worker runs this module (pytest -n 2 --dist loadgroup): the tests share one finished
+# search (a module fixture would otherwise run once per xdist worker) and its XLA cache.
+pytestmark = pytest.mark.xdist_group('search_cli')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, 'configs', 'default.py')
 

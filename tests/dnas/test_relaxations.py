@@ -18,11 +18,15 @@ from flax import nnx
 from dnas import arch, bilevel, genotype, relaxations
 from dnas.cells import darts
 
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup), so the supernet fixture
+# is built once.
+pytestmark = pytest.mark.xdist_group('relaxations')
+
 BUILTINS = ('dirichlet', 'gumbel_hard', 'gumbel_softmax', 'sigmoid', 'softmax')
 ALPHAS = np.array([[0.3, -1.2, 0.8, 0.0, 1.5],
                    [-0.4, 0.2, 2.0, -2.0, 0.1],
                    [1.0, 1.0, -0.5, 0.7, -1.1]], np.float32)
-N_KEYS = 20000
+N_KEYS = 10000
 
 
 def np_softmax(z):

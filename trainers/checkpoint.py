@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -66,7 +67,10 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        return state, step
+        # orbax returns device-committed arrays, whose sharding annotations change the
+        # lowered step and miss the persistent compilation cache; uncommitted copies (like a
+        # fresh state's) let a resumed run reuse the step compiled before the interruption.
+        return jax.tree.map(lambda r: jax.device_put(np.asarray(r)), state), step
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: try an older one
         logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
                         step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])

@@ -179,3 +179,18 @@ def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None
   if train and cutout_length > 0:
     ds = ds.random_map(functools.partial(_cutout_batch, length=cutout_length))
   return ds
+
+
+def evaluate(eval_batch, state, dataset, batch_size: int) -> float:
+  """Accuracy of `eval_batch(state, batch, mask) -> correct count` over a whole split. The last
+  partial batch is padded (and masked) so that one compiled shape serves every batch."""
+  correct = total = 0
+  for i in range(len(dataset)):
+    batch = dataset[i]
+    n = len(batch['label'])
+    if n < batch_size:
+      batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)])
+               for k, v in batch.items()}
+    correct += int(eval_batch(state, batch, np.arange(batch_size) < n))
+    total += n
+  return correct / total

@@ -161,21 +161,6 @@ def make_eval_fn(graphdef):
   return eval_batch
 
 
-def evaluate(eval_batch, state, dataset, batch_size: int) -> float:
-  """Accuracy over a whole split with the BN running averages. The last partial batch is
-  padded (and masked) so that one compiled shape serves every batch."""
-  correct = total = 0
-  for i in range(len(dataset)):
-    batch = dataset[i]
-    n = len(batch['label'])
-    if n < batch_size:
-      batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)])
-               for k, v in batch.items()}
-    correct += int(eval_batch(state, batch, np.arange(batch_size) < n))
-    total += n
-  return correct / total
-
-
 # -------------------------------------------------------------------------------------- loop
 
 
@@ -213,10 +198,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  keep=config.keep_checkpoints)
   restored, restored_step = ckpt.restore_latest(state)
   if restored is not None:
-    # orbax hands back arrays committed to a device, which adds sharding annotations to the
-    # lowered step and misses the persistent compilation cache; uncommitted copies (as a
-    # fresh state's) let a resumed run reuse the step compiled by the first one.
-    state = jax.tree.map(lambda r: jax.device_put(np.asarray(r)), restored)
+    state = restored
     print(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}', flush=True)
   start = int(state.step)
   print(f'dnas retrain: {config.dataset} ({config.train_split} -> {config.test_split}), '
@@ -259,7 +241,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if done % steps_per_epoch == 0 or done == total_steps:
         epoch = done / steps_per_epoch
         if int(round(epoch)) % config.eval_every_epochs == 0 or done == total_steps:
-          test_accuracy = evaluate(eval_batch, state, test_ds, config.batch_size)
+          test_accuracy = data.evaluate(eval_batch, state, test_ds, config.batch_size)
           writer.add_scalar('test/accuracy', test_accuracy, done)
           progress.write(f'epoch {epoch:.0f}: test accuracy {test_accuracy:.4f}, '
                          f'train loss {metrics["main_loss"]:.4f}')
@@ -273,7 +255,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
 
   if test_accuracy is None:  # resumed a finished run: evaluate once more for the summary
-    test_accuracy = evaluate(eval_batch, state, test_ds, config.batch_size)
+    test_accuracy = data.evaluate(eval_batch, state, test_ds, config.batch_size)
   result = {'test_accuracy': test_accuracy, 'steps': total_steps, 'epochs': config.epochs,
             'params': n_params, 'dataset': config.dataset, 'test_split': config.test_split,
             'genotype_arg': config.genotype, 'genotype': geno.to_json(),

@@ -155,21 +155,6 @@ def make_eval_fn(graphdef):
   return eval_batch
 
 
-def evaluate(eval_batch, state, dataset, batch_size: int) -> float:
-  """Supernet accuracy over a whole split, with the BN running averages (as the reference's
-  infer()). The last partial batch is padded so that one compiled shape serves all."""
-  correct = total = 0
-  for i in range(len(dataset)):
-    batch = dataset[i]
-    n = len(batch['label'])
-    mask = np.arange(batch_size) < n
-    if n < batch_size:
-      batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]) for k, v in batch.items()}
-    correct += int(eval_batch(state, batch, mask))
-    total += n
-  return correct / total
-
-
 # -------------------------------------------------------------------------------------- loop
 
 
@@ -233,10 +218,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   restored, restored_step = ckpt.restore_latest(state)
   history = AlphaHistory(os.path.join(workdir, 'alphas.jsonl'))
   if restored is not None:
-    # orbax returns device-committed arrays, whose sharding annotations change the lowered
-    # step and miss the persistent compilation cache; uncommitted copies (like a fresh
-    # state's) let a resumed run reuse the step compiled before the interruption.
-    state = jax.tree.map(lambda r: jax.device_put(np.asarray(r)), restored)
+    state = restored
     history.truncate_after(restored_step)
     print(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}', flush=True)
   else:
@@ -291,7 +273,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         epoch = done / steps_per_epoch
         history.append(done, epoch, state)
         if int(round(epoch)) % config.eval_every_epochs == 0 or done == total_steps:
-          val_accuracy = evaluate(eval_batch, state, val_eval_ds, config.batch_size)
+          val_accuracy = data.evaluate(eval_batch, state, val_eval_ds, config.batch_size)
           writer.add_scalar('search/supernet_val_accuracy', val_accuracy, done)
           geno = derive_genotype(config, graphdef, state)
           skips = sum(op == 'skip_connect' for op, _ in geno.normal)
@@ -309,7 +291,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
 
   if val_accuracy is None:  # resumed a finished run: evaluate once more for the summary
-    val_accuracy = evaluate(eval_batch, state, val_eval_ds, config.batch_size)
+    val_accuracy = data.evaluate(eval_batch, state, val_eval_ds, config.batch_size)
   geno = derive_genotype(config, graphdef, state)
   genotype_lib.save(geno, os.path.join(workdir, 'genotype.json'))
   result = {'steps': total_steps, 'supernet_val_accuracy': val_accuracy,

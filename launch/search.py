@@ -4,36 +4,23 @@
 
 Re-running the same command on the same workdir resumes from its newest checkpoint.
 """
-import os
-import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Search config file (configs/*.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, genotype.')
-_CACHE = flags.DEFINE_string('compilation_cache_dir', '~/.cache/dnas/xla',
-                             'Persistent XLA compilation cache ("" disables it).')
-flags.mark_flags_as_required(['config', 'workdir'])
+from dnas.launch import trainer_main
+
+_CONFIG, _WORKDIR, _CACHE = trainer_main.define_flags(
+    'Search config file (configs/*.py).',
+    'Directory for checkpoints, metrics, genotype.')
+
+
+def _load():
+  from dnas.trainers import search
+  return search.search
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-  import jax  # after flag parsing, so that --help is fast
-  if _CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(_CACHE.value))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  from dnas.trainers import search, data, checkpoint
-  from dnas.genotype import GenotypeError
-  try:
-    search.search(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError, checkpoint.WorkdirMismatchError,
-          data.DatasetNotFoundError, GenotypeError) as e:
-    print(f'dnas-search: error: {e}', file=sys.stderr)
-    sys.exit(1)
+  trainer_main.run_trainer('dnas-search', _load, argv, _CONFIG.value, _WORKDIR.value, _CACHE.value)
 
 
 def run():

@@ -85,21 +85,6 @@ def describe_bilevel(config) -> str:
   return f'second order (hvp={b.get("hvp") or "finite_difference"}, xi={xi})'
 
 
-def build_optimizers(config, steps_per_epoch: int):
-  """DARTS' optimizers with their hyperparameters in the optimizer state
-  (optax.inject_hyperparams), fed from the config every step (`hyperparams`) rather than
-  compiled in as constants: a run resumed with more epochs or another lr reuses the compiled
-  step from the persistent cache, and a checkpoint never overrides the config's values."""
-  o = config.optim
-  lr = bilevel.cosine_per_epoch(o.lr, o.lr_min, config.epochs, steps_per_epoch)
-  weight_tx = optax.inject_hyperparams(bilevel.weight_optimizer)(
-      learning_rate=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-      grad_clip=o.grad_clip)
-  alpha_tx = optax.inject_hyperparams(bilevel.alpha_optimizer)(
-      learning_rate=o.arch_lr, b1=o.arch_b1, b2=o.arch_b2, weight_decay=o.arch_weight_decay)
-  return weight_tx, alpha_tx, lr
-
-
 def hyperparams(config, lr: float) -> dict:
   """The optimizers' hyperparameters at one step (the weight lr from the schedule)."""
   o = config.optim
@@ -107,6 +92,19 @@ def hyperparams(config, lr: float) -> dict:
                      'weight_decay': o.weight_decay, 'grad_clip': o.grad_clip},
           'alpha': {'learning_rate': o.arch_lr, 'b1': o.arch_b1, 'b2': o.arch_b2,
                     'weight_decay': o.arch_weight_decay}}
+
+
+def build_optimizers(config, steps_per_epoch: int):
+  """DARTS' optimizers with their hyperparameters in the optimizer state
+  (optax.inject_hyperparams), fed from the config every step (`hyperparams`) rather than
+  compiled in as constants: a run resumed with more epochs or another lr reuses the compiled
+  step from the persistent cache, and a checkpoint never overrides the config's values."""
+  o = config.optim
+  lr = bilevel.cosine_per_epoch(o.lr, o.lr_min, config.epochs, steps_per_epoch)
+  initial = hyperparams(config, o.lr)
+  weight_tx = optax.inject_hyperparams(bilevel.weight_optimizer)(**initial['weight'])
+  alpha_tx = optax.inject_hyperparams(bilevel.alpha_optimizer)(**initial['alpha'])
+  return weight_tx, alpha_tx, lr
 
 
 def train_step(state: SearchState, train_batch, val_batch, hparams, *, step_kwargs):
@@ -266,7 +264,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if done % config.log_every_steps == 0 or done == total_steps:
         for k, v in metrics.items():
           writer.add_scalar(f'search/{k}', v, done)
-        writer.add_scalar('search/lr', float(lr_schedule(done - 1)), done)
+        writer.add_scalar('search/lr', hparams['weight']['learning_rate'], done)
         log_alpha_scalars(writer, done, op_weights(graphdef, state), config.model.primitives)
       epoch_end = done % steps_per_epoch == 0
       if epoch_end or done == total_steps:

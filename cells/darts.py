@@ -19,6 +19,7 @@ from flax import nnx
 
 from dnas import relaxations
 from dnas.arch import ArchParam
+from dnas.regularizers import AUX_SKIP, SKIP_DROPOUT
 from dnas.mixed_op import weighted_sum
 from dnas.cells import ops
 
@@ -58,8 +59,9 @@ class FanOutMixedOp(nnx.Module):
   """
 
   def __init__(self, c: int, edges: int, stride: int, primitives: Sequence[str],
-               form: str, rngs: nnx.Rngs):
+               form: str, rngs: nnx.Rngs, aux_skip: bool = False, aux_rngs: nnx.Rngs | None = None):
     self.stride = stride
+    self.edges = edges
     self.primitives = tuple(primitives)
     has = set(primitives)
     self.max_bn = ops.batch_norm(c, rngs) if 'max_pool_3x3' in has else None
@@ -74,9 +76,18 @@ class FanOutMixedOp(nnx.Module):
         ('dil_conv_5x5', lambda: ops.DilConvFan(c, edges, 5, stride, 2, form, rngs))):
       if name in has:
         self.convs[name] = make()
+    # DARTS-'s auxiliary skip on stride-2 edges: a FactorizedReduce of its own, drawn from a
+    # separate stream so that the rest of the supernet's initialisation is unchanged.
+    self.aux_reduce = (ops.FactorizedReduce(c, c, edges, aux_rngs)
+                       if aux_skip and stride == 2 else None)
 
-  def __call__(self, h, weights, train: bool):
-    """h (B,H,W,C) the source state; weights (E, len(primitives)) relaxed op weights."""
+  def __call__(self, h, weights, train: bool, edge_mods=None, key=None):
+    """h (B,H,W,C) the source state; weights (E, len(primitives)) relaxed op weights.
+
+    `edge_mods` (regularizers, dnas/regularizers): {'aux_skip': beta} adds beta * skip(h) to
+    every edge's output (DARTS-); {'skip_dropout': p} drops identity skip outputs with rate
+    p, per edge, which needs `key` (P-DARTS)."""
+    edge_mods = edge_mods or {}
     relu_h = jax.nn.relu(h)
     outputs = {}
     for k, name in enumerate(self.primitives):
@@ -90,10 +101,26 @@ class FanOutMixedOp(nnx.Module):
         out = out[..., None, :]
       elif name == 'skip_connect':
         out = h[..., None, :] if self.stride == 1 else self.reduce(relu_h, train)
+        rate = edge_mods.get(SKIP_DROPOUT)
+        if rate is not None and self.stride == 1 and train and key is not None:
+          out = skip_dropout(out, rate, key, self.edges)
       else:
         out = self.convs[name](relu_h, train)
       outputs[k] = out
-    return weighted_sum(outputs, weights, edge_axis=-2)
+    total = weighted_sum(outputs, weights, edge_axis=-2)
+    beta = edge_mods.get(AUX_SKIP)
+    if beta is not None:
+      skip = h[..., None, :] if self.stride == 1 else self.aux_reduce(relu_h, train)
+      total = total + beta * skip
+    return total
+
+
+def skip_dropout(out, rate, key, edges: int):
+  """Elementwise dropout of an identity skip output (B,H,W,1,C), independently per edge
+  (-> (B,H,W,E,C)), rescaled by 1/(1-rate) as torch's nn.Dropout."""
+  shape = out.shape[:-2] + (edges, out.shape[-1])
+  keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+  return jnp.where(keep, out / (1.0 - rate), 0.0).astype(out.dtype)
 
 
 def _materialize(state):
@@ -112,7 +139,8 @@ class SearchCell(nnx.Module):
 
   def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool,
                reduction_prev: bool, primitives: Sequence[str], num_nodes: int,
-               multiplier: int, forms: dict, rngs: nnx.Rngs):
+               multiplier: int, forms: dict, rngs: nnx.Rngs, aux_skip: bool = False,
+               aux_rngs: nnx.Rngs | None = None):
     self.reduction = reduction
     self.num_nodes, self.multiplier = num_nodes, multiplier
     self.preprocess0 = (ops.FactorizedReduce(c_prev_prev, c, 1, rngs) if reduction_prev
@@ -120,11 +148,12 @@ class SearchCell(nnx.Module):
     self.preprocess1 = ops.ReLUConvBN(c_prev, c, rngs)
     self.fan_out = nnx.List([
         FanOutMixedOp(c, len(edges_from(s, num_nodes)), 2 if reduction and s < 2 else 1,
-                      primitives, forms[c], rngs)
+                      primitives, forms[c], rngs, aux_skip, aux_rngs)
         for s in range(num_nodes + 1)])
 
-  def __call__(self, s0, s1, weights, train: bool):
-    """weights: (num_edges, num_ops) in the reference's edge order."""
+  def __call__(self, s0, s1, weights, train: bool, edge_mods=None, key=None):
+    """weights: (num_edges, num_ops) in the reference's edge order; edge_mods and key: see
+    FanOutMixedOp."""
     if isinstance(self.preprocess0, ops.FactorizedReduce):
       s0 = self.preprocess0(jax.nn.relu(s0), train)[..., 0, :]
     else:
@@ -135,7 +164,8 @@ class SearchCell(nnx.Module):
       if source >= 2:  # every edge into this node has been computed: the node is ready
         states.append(_materialize(sum(node_inputs[source - 2])))
       edges = edges_from(source, self.num_nodes)
-      out = self.fan_out[source](states[source], weights[np.array([e for e, _ in edges])], train)
+      out = self.fan_out[source](states[source], weights[np.array([e for e, _ in edges])], train,
+                                 edge_mods, None if key is None else jax.random.fold_in(key, source))
       for i, (_, node) in enumerate(edges):
         node_inputs[node].append(out[..., i, :])
     states.append(sum(node_inputs[-1]))
@@ -153,8 +183,20 @@ class SearchNetwork(nnx.Module):
                layers: int = 8, primitives: Sequence[str] = PRIMITIVES, num_nodes: int = 4,
                multiplier: int = 4, stem_multiplier: int = 3,
                relaxation: str | relaxations.Relaxation = 'softmax', conv_form: str = 'auto',
-               rngs: nnx.Rngs):
+               regularizers=None, rngs: nnx.Rngs):
     self.primitives = check_primitives(primitives)
+    # Regularizers that modify edges (dnas/regularizers: DARTS-, P-DARTS) are static data of
+    # the model, read every forward pass with the step; the others never reach the network.
+    kinds = regularizers.edge_kinds if regularizers is not None else frozenset()
+    unknown = sorted(kinds - {AUX_SKIP, SKIP_DROPOUT})
+    if unknown:
+      raise ValueError(f'the DARTS space has no edge modification(s) {unknown}; it knows '
+                       f'{AUX_SKIP}, {SKIP_DROPOUT}')
+    self.edge_mods = regularizers if kinds else None
+    aux_skip = AUX_SKIP in kinds
+    # Own stream (the params key folded with a constant, the main stream untouched): the
+    # supernet's other weights start as without the auxiliary skip.
+    aux_rngs = nnx.Rngs(jax.random.fold_in(rngs.params.key[...], 0xA5)) if aux_skip else None
     # A name takes the paper's defaults; `relaxations.make` sets hyperparameters / schedule.
     self.relaxation = (relaxations.make(relaxation) if isinstance(relaxation, str)
                        else relaxation)
@@ -171,7 +213,7 @@ class SearchNetwork(nnx.Module):
         c_curr *= 2
       form = ops.choose_form(c_curr) if conv_form == 'auto' else conv_form
       cells.append(SearchCell(c_pp, c_p, c_curr, reduction, reduction_prev, self.primitives,
-                              num_nodes, multiplier, {c_curr: form}, rngs))
+                              num_nodes, multiplier, {c_curr: form}, rngs, aux_skip, aux_rngs))
       reduction_prev = reduction
       c_pp, c_p = c_p, multiplier * c_curr
     self.cells = nnx.List(cells)
@@ -199,9 +241,15 @@ class SearchNetwork(nnx.Module):
             self.relaxation.loss(self.alphas_reduce[...]))
 
   def __call__(self, x, train: bool, key=None, step=None):
+    edge_mods, drop_key = {}, None
+    if self.edge_mods is not None and step is not None:
+      edge_mods = self.edge_mods.edge_coefficients(step)
+      if SKIP_DROPOUT in edge_mods and train and key is not None:
+        key, drop_key = jax.random.split(key)
     w_normal, w_reduce = self.op_weights(key, step)
     s = ops.conv(x, self.stem_w[...], 1, 1, 1)
     s0 = s1 = self.stem_bn(s, train)
-    for cell in self.cells:
-      s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, train)
+    for i, cell in enumerate(self.cells):
+      s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, train, edge_mods,
+                        None if drop_key is None else jax.random.fold_in(drop_key, i))
     return self.classifier(jnp.mean(s1, axis=(1, 2)))

@@ -8,6 +8,8 @@ fit: 4 cells (normal, reduce, reduce, normal) of 4 initial channels, batch 32, 3
 """
 import ml_collections
 
+from dnas import regularizers
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -30,6 +32,14 @@ def get_config():
   # --config.relaxation_args="{'tau_min': 0.1}"; an unknown key is an error.
   c.relaxation_args = ml_collections.ConfigDict()
   c.relaxation_module = ''      # a .py file or module name that registers a user relaxation
+
+  # Regularizers against skip collapse (dnas/regularizers), combined in one list, e.g.
+  # --config.regularizers="('beta_decay', 'sdarts_rs')": beta_decay | zero_one (with the
+  # sigmoid relaxation) | sdarts_rs | sdarts_adv | darts_minus | pdarts | rdarts | darts_plus.
+  # Every hyperparameter is a field here with its paper's default, e.g.
+  # --config.regularizer_args.pdarts.max_skips=3 (only the selected ones are used).
+  c.regularizers = ()
+  c.regularizer_args = ml_collections.ConfigDict(regularizers.default_args())
 
   c.bilevel = ml_collections.ConfigDict()
   c.bilevel.order = 1           # 1: first order | 2: unrolled (dnas/unrolled.py)

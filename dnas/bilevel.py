@@ -66,10 +66,15 @@ def alpha_gradient_fn(order: int, *, loss_fn: LossFn, hvp: str | None = None,
 
 def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
                 weight_tx: optax.GradientTransformation,
-                alpha_tx: optax.GradientTransformation, alpha_gradient: Callable | None = None):
+                alpha_tx: optax.GradientTransformation, alpha_gradient: Callable | None = None,
+                weight_step_alphas: Callable | None = None):
   """One DARTS step: architecture step, then weight step at the new alphas.
 
   `alpha_gradient` (from `alpha_gradient_fn`) picks first or second order; default first.
+  `weight_step_alphas(alphas, *, key, step, loss_fn) -> alphas` (optional, e.g. SDARTS'
+  perturbations, dnas/regularizers) gives the alphas the weight step trains at; `loss_fn`
+  there is the train loss at the current weights as a function of the alphas. The state
+  keeps the unperturbed alphas.
   Returns (new state, metrics dict of scalars)."""
   if alpha_gradient is None:
     alpha_gradient = functools.partial(first_order_alpha_gradient, loss_fn=loss_fn)
@@ -81,9 +86,16 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
   updates, alpha_opt_state = alpha_tx.update(alpha_grads, state.alpha_opt_state, state.alphas)
   alphas = optax.apply_updates(state.alphas, updates)
 
-  # 2. Weight step on the train batch, at the new alphas.
+  # 2. Weight step on the train batch, at the new alphas (or at alphas derived from them).
+  weight_alphas = alphas
+  if weight_step_alphas is not None:
+    key_weight, key_alphas = jax.random.split(key_weight)
+    train_loss_at = lambda a: loss_fn(state.weights, a, state.batch_stats, train_batch,
+                                      key_weight, state.step)[0]
+    weight_alphas = jax.lax.stop_gradient(weight_step_alphas(
+        alphas, key=key_alphas, step=state.step, loss_fn=train_loss_at))
   (train_loss, (train_logits, batch_stats)), weight_grads = jax.value_and_grad(
-      loss_fn, argnums=0, has_aux=True)(state.weights, alphas, state.batch_stats,
+      loss_fn, argnums=0, has_aux=True)(state.weights, weight_alphas, state.batch_stats,
                                         train_batch, key_weight, state.step)
   updates, weight_opt_state = weight_tx.update(weight_grads, state.weight_opt_state,
                                                state.weights)
@@ -129,10 +141,12 @@ def cosine_per_epoch(base_lr: float, min_lr: float, epochs: int, steps_per_epoch
   return schedule
 
 
-def classification_loss(graphdef) -> LossFn:
+def classification_loss(graphdef, extra_loss: Callable | None = None) -> LossFn:
   """Cross-entropy loss of an nnx model given as split parts (see dnas.arch.split), plus
   the model's `relaxation_loss()` if it has one (a relaxation's regulariser, e.g. DrNAS's
-  KL: a function of the alphas only, so it moves the alphas and leaves the weight step)."""
+  KL: a function of the alphas only, so it moves the alphas and leaves the weight step),
+  plus `extra_loss(alphas, step)` if given (regularizers' terms on the alphas; the search
+  passes it to the architecture gradient only)."""
   from flax import nnx
   from dnas import arch
 
@@ -142,5 +156,7 @@ def classification_loss(graphdef) -> LossFn:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     if hasattr(model, 'relaxation_loss'):
       loss = loss + model.relaxation_loss()
+    if extra_loss is not None:
+      loss = loss + extra_loss(alphas, step)
     return loss, (logits, nnx.state(model, nnx.BatchStat))
   return loss_fn

@@ -1,0 +1,42 @@
+"""DARTS+ (Liang et al., 2019): early stopping before the collapse.
+
+Criterion 1: stop when the derived normal cell has `max_skips` (2) or more skip connections.
+Criterion 2: stop when the ranking of the architecture parameters of the learnable
+operations (the conv ops; per edge, both cell types) has not changed for `stable_epochs`
+(10) epochs. Both from the paper (sec. 3.2); set either to 0 to switch it off. The genotype
+is the one at the stopping epoch.
+"""
+import numpy as np
+
+from dnas.regularizers import Regularizer, Stop, register
+
+
+def learnable(ops):
+  return [j for j, op in enumerate(ops) if 'conv' in op]
+
+
+def ranking(record, ops):
+  cols = learnable(ops)
+  return tuple(tuple(np.argsort(-np.asarray(record[cell])[:, cols], axis=1, kind='stable')
+                     .ravel().tolist()) for cell in ('normal', 'reduce'))
+
+
+@register('darts_plus')
+class DARTSPlus(Regularizer):
+  max_skips: int = 2
+  stable_epochs: int = 10
+
+  def should_stop(self, history, ops):
+    if not history:
+      return None
+    last = history[-1]
+    if self.max_skips and last.get('normal_skips', 0) >= self.max_skips:
+      return Stop('darts_plus', f'the normal cell has {last["normal_skips"]} skip connections '
+                  f'(criterion 1: >= {self.max_skips})')
+    n = self.stable_epochs
+    if n and len(history) > n and learnable(ops):
+      ranks = [ranking(r, ops) for r in history[-(n + 1):]]
+      if all(r == ranks[0] for r in ranks):
+        return Stop('darts_plus', f'the ranking of the learnable ops\' alphas has not changed '
+                    f'for {n} epochs (criterion 2)')
+    return None

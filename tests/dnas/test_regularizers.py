@@ -7,6 +7,8 @@ and FactorizedReduce at stride 2); P-DARTS's skip dropout and its cap; R-DARTS's
 iteration against numpy.linalg.eigh of the dense Hessian of the tiny net's val loss; each
 early-stopping rule on crafted histories; the configuration errors.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -355,3 +357,37 @@ def test_darts_plus_stops_on_two_skips_or_a_stable_ranking():
   pools[:, [1, 2]] = pools[:, [2, 1]]
   assert reg.should_stop(stable[:3] + [alpha_record(pools * 1.3, r * 1.3, 1)], OPS) is not None
   assert make('darts_plus', {'stable_epochs': 0, 'max_skips': 0}).should_stop(stable, OPS) is None
+
+
+# ------------------------------------------------------------------ the weight-step hook
+
+
+def test_search_step_trains_the_weights_at_the_hooks_alphas_and_keeps_the_clean_ones(tiny, x64):
+  """bilevel.search_step(weight_step_alphas=): the alpha update is untouched, the weight step
+  runs at the returned alphas (identity hook: same as no hook)."""
+  from dnas.state import SearchState
+  weight_tx = bilevel.weight_optimizer(learning_rate=0.1)
+  alpha_tx = bilevel.alpha_optimizer()
+  state = SearchState(step=jnp.zeros((), jnp.int32), weights=tiny['weights'],
+                      alphas=tiny['alphas'], batch_stats=tiny['stats'],
+                      weight_opt_state=weight_tx.init(tiny['weights']),
+                      alpha_opt_state=alpha_tx.init(tiny['alphas']),
+                      rng=jax.random.key_data(jax.random.key(0)))
+  def shift(alphas, *, key, step, loss_fn, by):
+    del key, step, loss_fn
+    return jax.tree.map(lambda a: a.at[..., 0].add(by), alphas)
+
+  step = lambda s, hook: bilevel.search_step(s, batch(1), batch(2), loss_fn=tiny['loss_fn'],
+                                             weight_tx=weight_tx, alpha_tx=alpha_tx,
+                                             weight_step_alphas=hook)
+  plain, m_plain = jax.jit(lambda s: step(s, None))(state)
+  hooked = jax.jit(lambda s, by: step(s, functools.partial(shift, by=by)))  # one compile
+  same, m_same = hooked(state, 0.0)
+  moved, m_moved = hooked(state, 2.0)
+  for a, b in ((plain, same), (plain, moved)):
+    np.testing.assert_array_equal(ravel_pytree(a.alphas)[0], ravel_pytree(b.alphas)[0])
+  np.testing.assert_allclose(ravel_pytree(same.weights)[0], ravel_pytree(plain.weights)[0],
+                             rtol=1e-12, atol=1e-14)
+  assert float(jnp.max(jnp.abs(ravel_pytree(moved.weights)[0] - ravel_pytree(plain.weights)[0]))) > 1e-6
+  assert float(m_same['train_loss']) == pytest.approx(float(m_plain['train_loss']), rel=1e-12)
+  assert float(m_moved['train_loss']) != pytest.approx(float(m_plain['train_loss']), rel=1e-6)

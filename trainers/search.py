@@ -20,7 +20,8 @@ from absl import logging
 from flax import nnx
 from tensorboardX import SummaryWriter
 
-from dnas import arch, bilevel, genotype as genotype_lib, relaxations
+from dnas import arch, bilevel, genotype as genotype_lib, regularizers, relaxations
+from dnas.regularizers import rdarts
 from dnas.cells import darts
 from dnas.state import SearchState
 from dnas.trainers import checkpoint, data, spaces
@@ -34,6 +35,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   data.get_spec(config.dataset)
   relaxations.load_module(config.relaxation_module)
   relaxations.make(config.relaxation, config.relaxation_args, total_steps=1)  # name and args
+  make_regularizers(config, total_steps=1, steps_per_epoch=1)  # names, args, relaxation
   spaces.get(config.model.space).check(config)  # the space name and its model fields
   make_alpha_gradient(config, loss_fn=None)  # order / hvp / xi combination
   for field in ('batch_size', 'epochs', 'log_every_steps', 'checkpoint_every_steps'):
@@ -46,14 +48,34 @@ def experiment_identity(config) -> dict:
   return {'dataset': config.dataset, 'model': config.model.to_dict(),
           'relaxation': config.relaxation, 'relaxation_args': config.relaxation_args.to_dict(),
           'bilevel': config.bilevel.to_dict(),
-          'seed': config.seed, 'batch_size': config.batch_size}
+          'seed': config.seed, 'batch_size': config.batch_size,
+          **regularizer_identity(config)}
+
+
+def make_regularizers(config, *, total_steps: int, steps_per_epoch: int):
+  return regularizers.make(config.get('regularizers', ()), config.get('regularizer_args'),
+                           total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                           relaxation=config.relaxation)
+
+
+def regularizer_identity(config) -> dict:
+  """The selected regularizers and their args; nothing without any, so that workdirs of
+  searches from before regularizers existed still match."""
+  names = tuple(config.get('regularizers', ()))
+  if not names:
+    return {}
+  args = config.get('regularizer_args') or {}
+  return {'regularizers': list(names),
+          'regularizer_args': {n: (args[n].to_dict() if n in args else {}) for n in names}}
 
 
 # ------------------------------------------------------------------------------------- model
 
 
-def build_model(config, spec: data.DatasetSpec, total_steps: int) -> darts.SearchNetwork:
-  """The supernet; `total_steps` (the search length) feeds the relaxation's schedule."""
+def build_model(config, spec: data.DatasetSpec, total_steps: int,
+                regs: regularizers.Regularizers | None = None) -> darts.SearchNetwork:
+  """The supernet; `total_steps` (the search length) feeds the relaxation's schedule;
+  `regs` the edge modifications of regularizers (DARTS-, P-DARTS)."""
   relaxation = relaxations.make(config.relaxation, config.relaxation_args,
                                 total_steps=total_steps)
   if config.model.space != darts.SPACE:
@@ -62,7 +84,7 @@ def build_model(config, spec: data.DatasetSpec, total_steps: int) -> darts.Searc
       num_classes=spec.num_classes, in_channels=spec.image_shape[-1],
       channels=config.model.channels, layers=config.model.layers,
       primitives=tuple(config.model.primitives), num_nodes=config.model.num_nodes,
-      relaxation=relaxation, conv_form=config.model.conv_form,
+      relaxation=relaxation, conv_form=config.model.conv_form, regularizers=regs,
       rngs=nnx.Rngs(config.seed))
 
 
@@ -107,13 +129,16 @@ def build_optimizers(config, steps_per_epoch: int):
   return weight_tx, alpha_tx, lr
 
 
-def train_step(state: SearchState, train_batch, val_batch, hparams, *, step_kwargs):
-  """bilevel.search_step with this step's optimizer hyperparameters set in the state."""
+def train_step(state: SearchState, train_batch, val_batch, hparams, *, step_kwargs, regs=None):
+  """bilevel.search_step with this step's optimizer hyperparameters set in the state; the
+  regularizers' loss terms (at the step's starting alphas) join the metrics."""
   cast = lambda d: {k: jnp.asarray(v, jnp.float32) for k, v in d.items()}
   state = state.replace(
       weight_opt_state=state.weight_opt_state._replace(hyperparams=cast(hparams['weight'])),
       alpha_opt_state=state.alpha_opt_state._replace(hyperparams=cast(hparams['alpha'])))
-  return bilevel.search_step(state, train_batch, val_batch, **step_kwargs)
+  terms = regs.loss_terms(state.alphas, state.step) if regs else {}
+  state, metrics = bilevel.search_step(state, train_batch, val_batch, **step_kwargs)
+  return state, {**metrics, **{f'regularizer_loss/{k}': v for k, v in terms.items()}}
 
 
 def init_state(model, weight_tx, alpha_tx, seed: int):
@@ -132,14 +157,51 @@ def op_weights(config, graphdef, state: SearchState) -> dict:
   return spaces.get(config.model.space).op_weights(model)
 
 
-def derive_genotype(config, graphdef, state) -> genotype_lib.Genotype:
-  """DARTS' rule on the weights the relaxation reads its genotype off."""
+def derive_genotype(config, graphdef, state, regs=None, alphas=None) -> genotype_lib.Genotype:
+  """DARTS' rule on the weights the relaxation reads its genotype off, then the
+  regularizers' rewrites (P-DARTS' skip cap). `alphas` (raw (normal, reduce) arrays, e.g.
+  an earlier epoch's) replace the state's."""
   model = arch.merge(graphdef, state.alphas, state.batch_stats, state.weights)
   if config.model.space != darts.SPACE:  # the space's own read-off (NB201: an arch string)
     return spaces.get(config.model.space).derive(config, model)
-  normal, reduce = (np.asarray(w) for w in model.genotype_weights())
-  return genotype_lib.derive(normal, reduce, tuple(config.model.primitives),
-                             num_nodes=config.model.num_nodes, space=darts.SPACE)
+  if alphas is not None:
+    model.alphas_normal[...], model.alphas_reduce[...] = (jnp.asarray(a) for a in alphas)
+  ops = tuple(config.model.primitives)
+  derive = lambda n, r: genotype_lib.derive(n, r, ops, num_nodes=config.model.num_nodes,
+                                            space=darts.SPACE)
+  weights = tuple(np.asarray(w) for w in model.genotype_weights())
+  geno = derive(*weights)
+  return regs.postprocess(geno, weights, ops, derive) if regs else geno
+
+
+def normal_cell_counts(geno) -> dict:
+  """Skip connections and parameter-free ops (skip, pools) in a genotype's normal cell."""
+  ops = [op for op, _ in geno.normal]
+  return {'normal_cell_skips': sum(op == 'skip_connect' for op in ops),
+          'normal_cell_parameter_free': sum(op in ('skip_connect', 'max_pool_3x3',
+                                                   'avg_pool_3x3', 'none') for op in ops)}
+
+
+def make_eigenvalue_fn(graphdef, regs, loss_fn, batch):
+  """R-DARTS' monitor: state -> the largest eigenvalue of the Hessian of the val loss
+  w.r.t. the alphas on one fixed val batch, by power iteration on exact (jvp of grad)
+  Hessian-vector products. One compiled HVP, called `iters` times at most."""
+  from jax.flatten_util import ravel_pytree
+  cfg = next(r for r in regs.items if r.needs_eigenvalue)
+
+  @jax.jit
+  def hvp(state, flat, v):
+    _, unravel = ravel_pytree(state.alphas)
+    loss = lambda f: loss_fn(state.weights, unravel(f), state.batch_stats, batch,
+                             jax.random.key(0), state.step)[0]
+    return rdarts.make_hvp(loss)(flat, v)
+
+  def eigenvalue(state):
+    flat, _ = ravel_pytree(state.alphas)
+    v0 = np.random.default_rng(0).standard_normal(flat.shape)
+    return rdarts.largest_eigenvalue(lambda v: hvp(state, flat, jnp.asarray(v, flat.dtype)),
+                                     v0, iters=cfg.iters, tol=cfg.tol)
+  return eigenvalue
 
 
 # -------------------------------------------------------------------------------------- eval
@@ -149,7 +211,8 @@ def make_eval_fn(graphdef):
   @jax.jit
   def eval_batch(state: SearchState, batch, mask):
     model = arch.merge(graphdef, state.alphas, state.batch_stats, state.weights)
-    logits = model(batch['image'], train=False)
+    # The step: a regularizer's edge modification in force (DARTS-'s beta) applies here too.
+    logits = model(batch['image'], train=False, step=state.step)
     correct = (jnp.argmax(logits, -1) == batch['label']) * mask
     return jnp.sum(correct)
   return eval_batch
@@ -174,13 +237,20 @@ class AlphaHistory:
       f.writelines(keep)
     os.replace(self.path + '.tmp', self.path)
 
-  def append(self, step: int, epoch: float, state: SearchState) -> None:
+  def append(self, step: int, epoch: float, state: SearchState, **extra) -> None:
+    """`extra`: per-epoch monitor values kept with the alphas (skip count, eigenvalue)."""
     # One key per ArchParam, 'alphas_' dropped: DARTS normal, reduce; NB201 alphas.
     record = {'step': step, 'epoch': epoch,
               **{name.removeprefix('alphas_'): np.asarray(value[...]).round(6).tolist()
-                 for name, value in state.alphas.items()}}
+                 for name, value in state.alphas.items()}, **extra}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+
+  def read(self) -> list[dict]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      return [json.loads(line) for line in f]
 
 
 def log_alpha_scalars(writer, step, weights_by_cell, primitives):
@@ -209,7 +279,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = config.epochs * steps_per_epoch
 
   # ---- model and state
-  model = build_model(config, spec, total_steps)
+  regs = make_regularizers(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  model = build_model(config, spec, total_steps, regs)
   weight_tx, alpha_tx, lr_schedule = build_optimizers(config, steps_per_epoch)
   graphdef, state = init_state(model, weight_tx, alpha_tx, config.seed)
   del model
@@ -229,16 +300,31 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   print(f'dnas search: {config.dataset}, {space.describe(config)}, '
         f'relaxation={config.relaxation}, '
         f'{describe_bilevel(config)}; '
+        f'regularizers: {", ".join(r.name for r in regs.items) or "none"}; '
         f'{n_weights:,} weights; {total_steps} steps ({config.epochs} epochs x '
         f'{steps_per_epoch}); backend={jax.default_backend()}', flush=True)
 
   # ---- step
   loss_fn = bilevel.classification_loss(graphdef)
-  alpha_gradient = make_alpha_gradient(config, loss_fn=loss_fn)
+  # Regularizers' loss terms move the alphas only: they join the architecture (val) loss;
+  # the weight step and SDARTS' attack see the plain train loss.
+  alpha_loss_fn = (bilevel.classification_loss(graphdef, extra_loss=regs.loss)
+                   if regs.has_loss() else loss_fn)
+  alpha_gradient = make_alpha_gradient(config, loss_fn=alpha_loss_fn)
   step_fn = jax.jit(functools.partial(
-      train_step, step_kwargs=dict(loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx,
-                                   alpha_gradient=alpha_gradient)), donate_argnums=0)
+      train_step, regs=regs, step_kwargs=dict(
+          loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx, alpha_gradient=alpha_gradient,
+          weight_step_alphas=regs.weight_step_alphas if regs.has_perturbation() else None)),
+      donate_argnums=0)
   eval_batch = make_eval_fn(graphdef)
+  eigenvalue_fn = (make_eigenvalue_fn(graphdef, regs, alpha_loss_fn, val_ds[0])
+                   if regs.needs_eigenvalue else None)
+  primitives = tuple(config.model.primitives)
+  # A run that already met an early-stopping rule (e.g. rerun after it stopped) trains no more.
+  stop = (regs.should_stop(history.read(), primitives)
+          if start > 0 and start % steps_per_epoch == 0 else None)
+  if stop is not None:
+    print(f'early stop (already met at step {start}): {stop.rule}: {stop.reason}', flush=True)
 
   writer = SummaryWriter(os.path.join(workdir, 'tb'))
   val_accuracy = None
@@ -247,7 +333,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        dynamic_ncols=True, mininterval=2.0)
   t_start = time.time()
   try:
-    for step in range(start, total_steps):
+    for step in range(start, total_steps if stop is None else start):
       hparams = hyperparams(config, float(lr_schedule(step)))
       state, metrics = step_fn(state, train_ds[step], val_ds[step], hparams)
       done = step + 1
@@ -268,23 +354,39 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for k, v in metrics.items():
           writer.add_scalar(f'search/{k}', v, done)
         writer.add_scalar('search/lr', hparams['weight']['learning_rate'], done)
+        for k, v in regs.scalars(step).items():
+          writer.add_scalar(f'regularizers/{k}', float(v), done)
         log_alpha_scalars(writer, done, op_weights(config, graphdef, state),
                           config.model.primitives)
       epoch_end = done % steps_per_epoch == 0
       if epoch_end or done == total_steps:
         epoch = done / steps_per_epoch
-        history.append(done, epoch, state)
+        # Skips of DARTS' own read-off (before any cap): the collapse that rules watch.
+        geno = derive_genotype(config, graphdef, state)
+        monitor = (normal_cell_counts(geno) if config.model.space == darts.SPACE
+                   else {'normal_cell_skips': space.skips(geno)})
+        if eigenvalue_fn is not None:
+          monitor['eigenvalue'] = float(eigenvalue_fn(state))
+        for k, v in monitor.items():
+          writer.add_scalar(f'search/{k}' if k != 'eigenvalue' else 'regularizers/rdarts/'
+                            'hessian_eigenvalue', v, done)
+        history.append(done, epoch, state, **monitor)
         if int(round(epoch)) % config.eval_every_epochs == 0 or done == total_steps:
           val_accuracy = data.evaluate(eval_batch, state, val_eval_ds, config.batch_size)
           writer.add_scalar('search/supernet_val_accuracy', val_accuracy, done)
-          geno = derive_genotype(config, graphdef, state)
-          writer.add_scalar('search/normal_cell_skips', space.skips(geno), done)
           progress.write(f'epoch {epoch:.0f}: supernet val accuracy {val_accuracy:.4f}, '
-                         f'train loss {metrics["train_loss"]:.4f}, {space.summary(geno)}')
-      if done % config.checkpoint_every_steps == 0 or done == total_steps:
+                         f'train loss {metrics["train_loss"]:.4f}, {space.summary(geno)}'
+                         + (f', eigenvalue {monitor["eigenvalue"]:.4g}'
+                            if 'eigenvalue' in monitor else ''))
+        stop = regs.should_stop(history.read(), primitives) if regs else None
+      if done % config.checkpoint_every_steps == 0 or done == total_steps or stop is not None:
         ckpt.save(done, state)
         last_saved = done
       writer.flush()
+      if stop is not None:
+        progress.write(f'early stop at epoch {done / steps_per_epoch:g} (step {done}): '
+                       f'{stop.rule}: {stop.reason}')
+        break
   finally:
     progress.close()
     writer.close()
@@ -292,11 +394,21 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if val_accuracy is None:  # resumed a finished run: evaluate once more for the summary
     val_accuracy = data.evaluate(eval_batch, state, val_eval_ds, config.batch_size)
-  geno = derive_genotype(config, graphdef, state)
+  alphas, genotype_epoch = None, None
+  if stop is not None and stop.genotype_epoch is not None:  # R-DARTS: an earlier epoch's
+    record = next((r for r in history.read() if round(r['epoch']) == stop.genotype_epoch), None)
+    if record is not None:
+      alphas, genotype_epoch = (record['normal'], record['reduce']), stop.genotype_epoch
+  geno = derive_genotype(config, graphdef, state, regs, alphas)
   space.save(geno, os.path.join(workdir, 'genotype.json'))
-  result = {'steps': total_steps, 'supernet_val_accuracy': val_accuracy,
+  result = {'steps': int(state.step), 'supernet_val_accuracy': val_accuracy,
             'wall_seconds_this_run': round(time.time() - t_start, 1),
             'genotype': space.to_json(geno)}
+  if stop is not None:
+    result['early_stop'] = {'rule': stop.rule, 'reason': stop.reason, 'step': int(state.step),
+                            'genotype_epoch': genotype_epoch}
+    print(f'search stopped early by {stop.rule} at step {int(state.step)} of {total_steps}'
+          + (f'; genotype from epoch {genotype_epoch}' if genotype_epoch is not None else ''))
   with open(os.path.join(workdir, 'result.json'), 'w') as f:
     json.dump(result, f, indent=2)
   print(f'supernet val accuracy: {val_accuracy:.4f}')

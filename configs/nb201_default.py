@@ -9,8 +9,9 @@ arch string (<workdir>/genotype.json). Measured: 2.3 minutes on the 2-core dev m
 a load of ~6 from other jobs (compile + first step 30 s, no compilation cache), peak RSS
 1.3 GiB, 94.9 % supernet val accuracy, arch
 |nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|nor_conv_3x3~2|.
-The optimizer settings are the DARTS ones the NB201 search scripts use (SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5; Adam 3e-4, betas
-(0.5, 0.999), wd 1e-3). NAS-Bench-201's own search: C=16, N=5, CIFAR, 50 epochs, batch 64.
+The optimizer settings are the DARTS ones the NB201 search scripts use (SGD 0.025 cosine
+to 0.001, momentum 0.9, wd 3e-4, clip 5; Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
+NAS-Bench-201's own search: C=16, N=5, CIFAR, 50 epochs, batch 64.
 """
 import ml_collections
 

@@ -220,8 +220,8 @@ class SearchNetwork(nnx.Module):
     self.classifier = nnx.Linear(c_p, num_classes, kernel_init=ops.torch_uniform(c_p),
                                  bias_init=ops.torch_uniform(c_p), rngs=rngs)
     k = num_edges(num_nodes)
-    self.alphas_normal = ArchParam(1e-3 * jax.random.normal(rngs.params(), (k, len(primitives))))
-    self.alphas_reduce = ArchParam(1e-3 * jax.random.normal(rngs.params(), (k, len(primitives))))
+    self.alphas_normal = ArchParam(ops.normal(1e-3)(rngs.params(), (k, len(primitives))))
+    self.alphas_reduce = ArchParam(ops.normal(1e-3)(rngs.params(), (k, len(primitives))))
 
   def op_weights(self, key=None, step=None):
     """Relaxed op weights (normal, reduce), each (num_edges, num_ops); key=None: the

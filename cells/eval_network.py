@@ -23,28 +23,8 @@ from flax import nnx
 from dnas.cells import darts, ops
 from dnas.genotype import Genotype
 
-def torch_uniform(fan_in: int):
-  """PyTorch's default conv/linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn by numpy
-  from the given JAX key.
-
-  jax.random.uniform compiles one XLA sampler per weight shape (about 0.3 s each on CPU):
-  that made building even a tiny network take 7 s and the paper's one a minute. The key
-  still comes from nnx.Rngs, so the init is a pure function of the seed. Under nnx.eval_shape
-  or jit (a traced key) the symbolic jax.random version is used: it has the same shapes.
-  """
-  bound = 1.0 / np.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    if isinstance(key, jax.core.Tracer):
-      return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
-    seed = np.asarray(jax.random.key_data(key)).astype(np.uint32)
-    values = np.random.default_rng(seed).uniform(-bound, bound, tuple(shape))
-    return jnp.asarray(values, dtype)
-  return init
-
-
 def param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
-  return nnx.Param(torch_uniform(fan_in)(rngs.params(), tuple(shape)))
+  return nnx.Param(ops.torch_uniform(fan_in)(rngs.params(), tuple(shape)))
 
 
 def drop_path(x: jnp.ndarray, key: jax.Array, drop_prob) -> jnp.ndarray:
@@ -225,8 +205,8 @@ class AuxiliaryHead(nnx.Module):
     self.bn1 = ops.BatchNorm(128, affine=True)
     self.w2 = param(rngs, (self.pooled, self.pooled, 128, 768), 128 * self.pooled ** 2)
     self.bn2 = None if imagenet else ops.BatchNorm(768, affine=True)
-    self.classifier = nnx.Linear(768, num_classes, kernel_init=torch_uniform(768),
-                                 bias_init=torch_uniform(768), rngs=rngs)
+    self.classifier = nnx.Linear(768, num_classes, kernel_init=ops.torch_uniform(768),
+                                 bias_init=ops.torch_uniform(768), rngs=rngs)
 
   def __call__(self, x, train: bool):
     w = self.window
@@ -272,8 +252,8 @@ class _Network(nnx.Module):
     self.cells = nnx.List(cells)
     self.auxiliary_head = (AuxiliaryHead(aux_c, aux_spatial, num_classes, imagenet, rngs)
                            if auxiliary else None)
-    self.classifier = nnx.Linear(c_p, num_classes, kernel_init=torch_uniform(c_p),
-                                 bias_init=torch_uniform(c_p), rngs=rngs)
+    self.classifier = nnx.Linear(c_p, num_classes, kernel_init=ops.torch_uniform(c_p),
+                                 bias_init=ops.torch_uniform(c_p), rngs=rngs)
 
   def _run_cells(self, s0, s1, train, key, drop_prob):
     logits_aux = None

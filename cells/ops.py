@@ -45,10 +45,34 @@ def choose_form(channels: int, backend: str | None = None) -> str:
   return 'grouped'
 
 
+def host_rng(key: jax.Array) -> np.random.Generator:
+  """A numpy generator seeded by a JAX key: init stays a pure function of the seed.
+
+  Eager jax.random compiles one XLA sampler per distinct shape (threefry is large): building
+  the small search net that way took 40 s of CPU, longer than compiling its forward pass.
+  Under nnx.eval_shape or jit (a traced key) callers fall back to jax.random."""
+  return np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32))
+
+
 def torch_uniform(fan_in: int):
-  """PyTorch's default conv/linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  """PyTorch's default conv/linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn on the host
+  (see `host_rng`)."""
   bound = 1.0 / np.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  def init(key, shape, dtype=jnp.float32):
+    if isinstance(key, jax.core.Tracer):
+      return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
+    return jnp.asarray(host_rng(key).uniform(-bound, bound, tuple(shape)), dtype)
+  return init
+
+
+def normal(stddev: float):
+  """N(0, stddev^2) drawn on the host (see `host_rng`); DARTS' alpha init is normal(1e-3)."""
+  def init(key, shape, dtype=jnp.float32):
+    if isinstance(key, jax.core.Tracer):
+      return stddev * jax.random.normal(key, tuple(shape), dtype)
+    return jnp.asarray(stddev * host_rng(key).standard_normal(tuple(shape)), dtype)
+  return init
 
 
 def param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
@@ -67,10 +91,12 @@ class BatchNorm(nnx.Module):
   def __init__(self, num_features: int, affine: bool = False, momentum: float = 0.1,
                eps: float = 1e-5):
     self.momentum, self.eps = momentum, eps
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
-    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32)) if affine else None
-    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32)) if affine else None
+    # numpy constants, not jnp.zeros: eager jnp compiles one broadcast per shape.
+    zeros, ones = np.zeros(num_features, np.float32), np.ones(num_features, np.float32)
+    self.mean = nnx.BatchStat(jnp.asarray(zeros))
+    self.var = nnx.BatchStat(jnp.asarray(ones))
+    self.scale = nnx.Param(jnp.asarray(ones)) if affine else None
+    self.bias = nnx.Param(jnp.asarray(zeros)) if affine else None
 
   def __call__(self, x, train: bool):
     if train:

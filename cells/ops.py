@@ -18,12 +18,15 @@ parameter count is exactly the reference's. How a depthwise+pointwise pair is co
            Faster per op at C>=32 in isolation, slower in the whole network (see choose_form).
   grouped  `feature_group_count` depthwise + matmul: the native form for GPU (cuDNN).
 """
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from dnas import kernel_grads
 
 FORMS = ('folded', 'shift', 'grouped')
 
@@ -184,10 +187,73 @@ def _np_taps(x: np.ndarray, k, stride, dilation, pad):
 # ------------------------------------------------------------------------ depthwise + pointwise
 
 
-def conv(x, kernel, stride, dilation, pad, groups=1):
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(x, kernel, stride, dilation, pad, groups=1, lhs_dilation=1):
   return jax.lax.conv_general_dilated(
-      x, kernel, (stride, stride), [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+      x, kernel, (stride, stride), pad if isinstance(pad, list) else [(pad, pad), (pad, pad)],
+      lhs_dilation=(lhs_dilation, lhs_dilation), rhs_dilation=(dilation, dilation),
+      dimension_numbers=_NHWC, feature_group_count=groups)
+
+
+def conv(x, kernel, stride, dilation, pad, groups=1):
+  """Square conv, NHWC x HWIO, symmetric padding. Inside a shared gradient pass
+  (dnas/kernel_grads.py `only_if`) dense convs differentiate through `canonical_conv`;
+  elsewhere, and for grouped convs, through JAX's own rules."""
+  flag = kernel_grads.flag()
+  if groups == 1 and flag is not None:
+    return canonical_conv(x, kernel, flag, stride, dilation, pad)
+  return _conv(x, kernel, stride, dilation, pad, groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def canonical_conv(x, kernel, kernel_grad, stride, dilation, pad):
+  """A dense conv whose gradients are themselves NHWC x HWIO -> NHWC convs.
+
+  JAX's transpose rules express the input and kernel gradients as convs with permuted
+  dimension labels (kernel 'OI', or batch and features swapped). At the top level of a
+  program XLA CPU rewrites those into its fast library convs, but inside a loop body
+  (`lax.fori_loop`, `lax.scan`) it leaves them as naive loops: a conv's backward pass ran
+  60x slower there (measured, jax 0.10.2). Written out canonically, the gradients run at
+  full speed anywhere, which lets one compiled gradient serve several passes of a step.
+  `kernel_grad` (bool, Python or traced) False skips the kernel gradient (returns zeros)."""
+  del kernel_grad
+  return _conv(x, kernel, stride, dilation, pad)
+
+
+def _canonical_conv_fwd(x, kernel, kernel_grad, stride, dilation, pad):
+  return _conv(x, kernel, stride, dilation, pad), (x, kernel, kernel_grad)
+
+
+def _canonical_conv_bwd(stride, dilation, pad, residuals, g):
+  x, kernel, kernel_grad = residuals
+  k, n, m = kernel.shape[0], x.shape[1], g.shape[1]
+  span = dilation * (k - 1)
+  # d/dx: the transposed conv, i.e. g dilated by the stride, convolved with the kernel
+  # flipped in space and with in/out channels swapped (a physical HWIO kernel).
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  lo, hi = span - pad, n - 1 - (m - 1) * stride + pad
+  dx = _conv(g, flipped, 1, dilation, [(lo, hi), (lo, hi)], lhs_dilation=stride)
+
+  def kernel_gradient():
+    # A conv of x over g with batch and channels exchanged (channels_in act as the batch,
+    # the batch as the contracted features); the stride becomes g's dilation.
+    xs, hi = x, span + (m - 1) * stride + 1 - n - pad
+    if hi < 0:  # trailing rows the forward pass never read
+      xs, hi = x[:, :n + hi, :n + hi], 0
+    dk = _conv(xs.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, stride,
+               [(pad, hi), (pad, hi)])
+    return dk.transpose(1, 2, 0, 3)
+
+  if isinstance(kernel_grad, bool):
+    dk = kernel_gradient() if kernel_grad else jnp.zeros_like(kernel)
+  else:
+    dk = jax.lax.cond(kernel_grad, kernel_gradient, lambda: jnp.zeros_like(kernel))
+  return dx, dk, None
+
+
+canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
 
 
 def fan_out_dw_pw(x, dw, pw, stride, dilation, form):

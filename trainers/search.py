@@ -88,13 +88,15 @@ def build_model(config, spec: data.DatasetSpec, total_steps: int,
       rngs=nnx.Rngs(config.seed))
 
 
-def make_alpha_gradient(config, *, loss_fn):
-  """First or second order from `config.bilevel`; xi defaults to the weight lr in force."""
+def make_alpha_gradient(config, *, loss_fn, alpha_loss_term=None):
+  """First or second order from `config.bilevel`; xi defaults to the weight lr in force.
+  `alpha_loss_term(alphas, step)`: regularizers' terms, added to the val loss only."""
   b = config.bilevel
   xi = b.get('xi')
   if b.order == 2 and xi is None:
     xi = lambda state: state.weight_opt_state.hyperparams['learning_rate']
-  return bilevel.alpha_gradient_fn(b.order, loss_fn=loss_fn, hvp=b.get('hvp'), xi=xi,
+  return bilevel.alpha_gradient_fn(b.order, loss_fn=loss_fn, alpha_loss_term=alpha_loss_term,
+                                   hvp=b.get('hvp'), xi=xi,
                                    momentum=config.optim.momentum,
                                    weight_decay=config.optim.weight_decay)
 
@@ -310,7 +312,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # the weight step and SDARTS' attack see the plain train loss.
   alpha_loss_fn = (bilevel.classification_loss(graphdef, extra_loss=regs.loss)
                    if regs.has_loss() else loss_fn)
-  alpha_gradient = make_alpha_gradient(config, loss_fn=alpha_loss_fn)
+  alpha_gradient = make_alpha_gradient(
+      config, loss_fn=loss_fn, alpha_loss_term=regs.loss if regs.has_loss() else None)
   step_fn = jax.jit(functools.partial(
       train_step, regs=regs, step_kwargs=dict(
           loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx, alpha_gradient=alpha_gradient,

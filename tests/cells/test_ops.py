@@ -161,3 +161,40 @@ def test_unknown_op_and_relaxation_list_the_valid_names():
                                        'gumbel_hard, gumbel_softmax, sigmoid, softmax'):
     darts.SearchNetwork(num_classes=10, channels=4, layers=3, relaxation='gumble',
                         rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize('n,k,stride,dilation,pad', [
+    (8, 3, 1, 1, 1), (8, 3, 2, 1, 1), (8, 5, 2, 1, 2), (8, 3, 1, 2, 2), (8, 5, 2, 2, 4),
+    (8, 1, 2, 1, 0), (7, 3, 2, 1, 1), (9, 3, 2, 1, 0), (6, 3, 1, 1, 0)])
+def test_canonical_conv_gradients_equal_jax_conv_gradients(n, k, stride, dilation, pad):
+  """canonical_conv's hand-written backward (canonical NHWC x HWIO convs) against JAX's own conv
+  transpose rules, including strides whose last rows the forward pass never reads."""
+  rng = np.random.default_rng(n * 100 + k * 10 + stride)
+  x, w = rng.standard_normal((2, n, n, 3)), rng.standard_normal((k, k, 3, 4))
+  y, vjp = jax.vjp(lambda x, w: ops.canonical_conv(x, w, True, stride, dilation, pad), x, w)
+  y_ref, vjp_ref = jax.vjp(lambda x, w: _conv(x, w, stride, pad, dilation), x, w)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+  g = rng.standard_normal(y.shape)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_gradient_skipped_only_where_the_flag_is_false():
+  """Inside kernel_grads.only_if(flag) the input gradient is unchanged and the kernel
+  gradient is the true one or zeros, chosen at run time by the traced flag."""
+  from dnas import kernel_grads
+  rng = np.random.default_rng(0)
+  x, w = rng.standard_normal((2, 8, 8, 3)), rng.standard_normal((3, 3, 3, 4))
+
+  def loss(x, w, flag):
+    with kernel_grads.only_if(flag):
+      return jnp.sum(jnp.sin(ops.conv(x, w, 2, 1, 1)))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  gx_ref, gw_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(_conv(x, w, 2, 1))), (0, 1))(x, w)
+  gx, gw = grad(x, w, jnp.array(True))
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-10)
+  np.testing.assert_allclose(gw, gw_ref, rtol=1e-10)
+  gx, gw = grad(x, w, jnp.array(False))
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-10)
+  assert np.abs(gw_ref).max() > 1e-3 and not np.any(gw)

@@ -23,6 +23,11 @@ from flax import nnx
 from dnas.cells import darts, ops
 from dnas.genotype import Genotype
 
+
+# Re-exported: cells/nb201.py imports it from here.
+torch_uniform = ops.torch_uniform
+
+
 def param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
   return nnx.Param(ops.torch_uniform(fan_in)(rngs.params(), tuple(shape)))
 
@@ -344,7 +349,7 @@ def _taps(size: int, k: int, stride: int, dilation: int, pad: int, paper: bool) 
   return sum(0 <= o * stride - pad + t * dilation < size for o in range(out) for t in range(k))
 
 
-def _conv_macs(h, w, k, stride, dilation, pad, c_in, c_out, paper):
+def dense_conv_macs(h, w, k, stride, dilation, pad, c_in, c_out, paper):
   """(multiply-adds, output h, output w) of a dense k x k conv."""
   macs = (_taps(h, k, stride, dilation, pad, paper) * _taps(w, k, stride, dilation, pad, paper)
           * c_in * c_out)
@@ -356,9 +361,9 @@ def _dw_pw_macs(h, w, k, stride, dilation, c, form, paper):
   the dw (x) pw kernel; the others a depthwise conv then a 1x1 conv."""
   pad = dilation * (k - 1) // 2
   if form == 'folded' and not paper:
-    return _conv_macs(h, w, k, stride, dilation, pad, c, c, paper)
+    return dense_conv_macs(h, w, k, stride, dilation, pad, c, c, paper)
   # `shift` multiplies shifted slices of the zero-padded input: padding taps cost too.
-  dw, ho, wo = _conv_macs(h, w, k, stride, dilation, pad, 1, c, paper or form == 'shift')
+  dw, ho, wo = dense_conv_macs(h, w, k, stride, dilation, pad, 1, c, paper or form == 'shift')
   return dw + ho * wo * c * c, ho, wo
 
 
@@ -391,14 +396,14 @@ def conv_macs(model: _Network, batch: int, image_hw: tuple[int, int],
   total = 0
   if isinstance(model, NetworkImageNet):
     c_in, c = model.stem0_w1.shape[2], model.stem0_w2.shape[3]
-    m1, h1, w1 = _conv_macs(h, w, 3, 2, 1, 1, c_in, c // 2, paper)
-    m2, h2, w2 = _conv_macs(h1, w1, 3, 2, 1, 1, c // 2, c, paper)
-    m3, h3, w3 = _conv_macs(h2, w2, 3, 2, 1, 1, c, c, paper)
+    m1, h1, w1 = dense_conv_macs(h, w, 3, 2, 1, 1, c_in, c // 2, paper)
+    m2, h2, w2 = dense_conv_macs(h1, w1, 3, 2, 1, 1, c // 2, c, paper)
+    m3, h3, w3 = dense_conv_macs(h2, w2, 3, 2, 1, 1, c, c, paper)
     total += m1 + m2 + m3
     shapes = [(h2, w2, c), (h3, w3, c)]
   else:
     c_in, c_stem = model.stem_w.shape[2], model.stem_w.shape[3]
-    total += _conv_macs(h, w, 3, 1, 1, 1, c_in, c_stem, paper)[0]
+    total += dense_conv_macs(h, w, 3, 1, 1, 1, c_in, c_stem, paper)[0]
     shapes = [(h, w, c_stem), (h, w, c_stem)]
   for cell in model.cells:
     (h0, w0, c0), (h1, w1, c1) = shapes

@@ -23,25 +23,31 @@ import tqdm
 from flax import nnx
 from tensorboardX import SummaryWriter
 
-from dnas import bilevel, genotype as genotype_lib
-from dnas.cells import eval_network, known_genotypes
+from dnas import bilevel, genotype as genotype_lib, nb201_string
+from dnas.cells import known_genotypes, standalone
 from dnas.trainers import checkpoint, data
 
 DEFAULT_SEARCH_CMD = 'dnas-search --config=configs/default.py --workdir=/tmp/dnas_default'
+NB201_SEARCH_CMD = 'dnas-search --config=configs/nb201_default.py --workdir=/tmp/dnas_nb201'
 
 
 # ------------------------------------------------------------------------------------ config
 
 
-def resolve_genotype(name_or_path: str) -> genotype_lib.Genotype:
-  """config.genotype as a Genotype; a missing file says how to make one or what to use."""
+def resolve_genotype(name_or_path: str, network: str = 'cifar') -> standalone.Arch:
+  """config.genotype (a DARTS name or genotype.json, an NB201 arch string or genotype.json)
+  as an Arch; a missing file says how to make one or what to use."""
   path = os.path.expanduser(str(name_or_path))
   if (os.sep in path or path.endswith('.json')) and not os.path.exists(path):
+    if network == 'nb201':
+      raise genotype_lib.GenotypeError(
+          f'genotype file {path} does not exist: run the search first ({NB201_SEARCH_CMD}) '
+          f'or pass an arch string, e.g. --config.genotype=\'{nb201_string.EXAMPLE}\'')
     raise genotype_lib.GenotypeError(
         f'genotype file {path} does not exist: run the search first ({DEFAULT_SEARCH_CMD}) '
         f'or pass a known genotype, e.g. --config.genotype=DARTS_V2 (known: '
         f'{", ".join(known_genotypes.names())})')
-  return known_genotypes.resolve(name_or_path)
+  return standalone.resolve(name_or_path)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -49,20 +55,28 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   spec = data.get_spec(config.dataset)
   data._tfds_split(spec, config.train_split)  # pylint: disable=protected-access
   data._tfds_split(spec, config.test_split)  # pylint: disable=protected-access
-  if config.model.network != 'cifar':
+  if config.model.network not in ('cifar', 'nb201'):
     raise ValueError(f'config.model.network={config.model.network!r} cannot be retrained here; '
-                     "valid: cifar (the ImageNet network is built and benchmarked only)")
+                     "valid: cifar (DARTS genotypes; the ImageNet network is built and "
+                     "benchmarked only), nb201 (NAS-Bench-201 arch strings)")
   for field in ('batch_size', 'epochs', 'log_every_steps', 'checkpoint_every_steps'):
     if int(config[field]) <= 0:
       raise ValueError(f'config.{field} must be positive, got {config[field]}')
   if not 0.0 <= config.drop_path_prob < 1.0:
     raise ValueError(f'config.drop_path_prob must be in [0, 1), got {config.drop_path_prob}')
-  if config.model.layers < 3:
+  if config.model.network == 'nb201':
+    if config.model.get('cells_per_stage', 0) <= 0 or config.model.channels <= 0:
+      raise ValueError('config.model.cells_per_stage and config.model.channels must be '
+                       'positive for an nb201 network: start from configs/retrain_nb201_default.py')
+    if config.drop_path_prob:
+      raise ValueError(f'config.drop_path_prob={config.drop_path_prob}: NB201 networks have no '
+                       'drop-path (NAS-Bench-201 trains without it); set it to 0')
+  elif config.model.get('layers', 0) < 3:
     raise ValueError(f'config.model.layers must be >= 3 (two reduction cells and a normal '
-                     f'one), got {config.model.layers}')
+                     f'one), got {config.model.get("layers")}')
 
 
-def experiment_identity(config, geno: genotype_lib.Genotype) -> dict:
+def experiment_identity(config, geno: standalone.Arch) -> dict:
   """The fields that make two runs the same experiment (a checkpoint of one fits the other).
   The genotype itself, not its path, so a changed genotype.json is not resumed into."""
   return {'dataset': config.dataset, 'train_split': config.train_split,
@@ -74,12 +88,21 @@ def experiment_identity(config, geno: genotype_lib.Genotype) -> dict:
 # ------------------------------------------------------------------------------------- model
 
 
-def build_model(config, geno, spec: data.DatasetSpec) -> eval_network.NetworkCIFAR:
-  return eval_network.NetworkCIFAR(
-      geno, num_classes=spec.num_classes, in_channels=spec.image_shape[-1],
-      image_size=spec.image_shape[0], channels=config.model.channels,
-      layers=config.model.layers, auxiliary=config.model.auxiliary,
-      conv_form=config.model.conv_form, rngs=nnx.Rngs(config.seed))
+def build_model(config, geno: standalone.Arch, spec: data.DatasetSpec) -> nnx.Module:
+  """The DARTS CIFAR network or an NB201 network; both return (logits, aux_logits | None)."""
+  m = config.model
+  return standalone.build(
+      geno, m.network, num_classes=spec.num_classes, in_channels=spec.image_shape[-1],
+      image_size=spec.image_shape[0], channels=m.channels, layers=m.get('layers'),
+      cells_per_stage=m.get('cells_per_stage'), auxiliary=m.get('auxiliary', False),
+      conv_form=m.get('conv_form', 'auto'), seed=config.seed)
+
+
+def describe_model(config) -> str:
+  m = config.model
+  if m.network == 'nb201':
+    return f'NB201 network (3 x {m.cells_per_stage} cells, C={m.channels})'
+  return f'{m.layers} cells, C={m.channels}'
 
 
 @flax.struct.dataclass
@@ -115,10 +138,23 @@ def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation
   """DARTS' SGD (clip, L2 decay, momentum) with its hyperparameters in the optimizer state
   (optax.inject_hyperparams) rather than constants of the compiled step: the learning rate
   is fed each step, so a resumed run with more epochs, or another lr, reuses the compiled
-  step from the persistent cache instead of recompiling it."""
+  step from the persistent cache instead of recompiling it. `o.nesterov` (NAS-Bench-201's
+  recipe) switches to Nesterov momentum; grad_clip=0 means no clipping."""
+  if o.get('nesterov', False) or not o.grad_clip:
+    return optax.inject_hyperparams(_sgd, static_args=('grad_clip', 'nesterov'))(
+        learning_rate=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+        grad_clip=float(o.grad_clip), nesterov=bool(o.get('nesterov', False)))
   return optax.inject_hyperparams(bilevel.weight_optimizer)(
       learning_rate=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
       grad_clip=o.grad_clip)
+
+
+def _sgd(*, learning_rate, momentum, weight_decay, grad_clip, nesterov):
+  """torch.optim.SGD(momentum, weight_decay, nesterov) after optional global-norm clipping."""
+  return optax.chain(
+      optax.clip_by_global_norm(grad_clip) if grad_clip else optax.identity(),
+      optax.add_decayed_weights(weight_decay),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 
 def train_step(state: RetrainState, batch, lr, drop_prob, *, graphdef, tx, aux_weight: float):
@@ -167,11 +203,12 @@ def make_eval_fn(graphdef):
 def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs or resumes a retraining; returns the summary also written to result.json."""
   check_config(config)
-  geno = resolve_genotype(config.genotype)
+  geno = resolve_genotype(config.genotype, config.model.network)
+  standalone.check_network(geno, config.model.network)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data_dir = os.path.expanduser(config.data_dir)
   checkpoint.claim_workdir(workdir, experiment_identity(config, geno))
-  genotype_lib.save(geno, os.path.join(workdir, 'genotype.json'))
+  geno.save(os.path.join(workdir, 'genotype.json'))
 
   # ---- data
   spec = data.get_spec(config.dataset)
@@ -187,7 +224,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- model and state
   model = build_model(config, geno, spec)
-  n_params = eval_network.num_params(model)
+  n_params = standalone.num_params(model)
   lr = bilevel.cosine_per_epoch(config.optim.lr, config.optim.lr_min, config.epochs,
                                 steps_per_epoch)
   drop_prob = drop_path_schedule(config.drop_path_prob, config.epochs, steps_per_epoch)
@@ -202,7 +239,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}', flush=True)
   start = int(state.step)
   print(f'dnas retrain: {config.dataset} ({config.train_split} -> {config.test_split}), '
-        f'{config.model.layers} cells, C={config.model.channels}, {n_params:,} parameters '
+        f'{describe_model(config)}, {n_params:,} parameters '
         f'(without the auxiliary head); {total_steps} steps ({config.epochs} epochs x '
         f'{steps_per_epoch}); backend={jax.default_backend()}', flush=True)
 

@@ -9,6 +9,11 @@ Edges are numbered as in the reference: node i's edges come after all of node i-
 within a node by source state. Internally the edges are grouped by *source* (`FanOutMixedOp`),
 so every op that reads a state is computed once for all the edges leaving it
 (see ops.py); `edges_from(source)` holds the mapping to the reference numbering.
+
+PC-DARTS (cells/pcdarts.py) is two switches of `SearchNetwork`: `partial_channels=K` runs each
+source's fan-out mixed op on C/K channels inside `pcdarts.PartialChannels`, and
+`edge_normalization=True` adds `betas_normal` / `betas_reduce` (ArchParams, (14,)) whose
+per-node softmax scales every edge's output and the genotype's edge ranking.
 """
 from typing import Sequence
 
@@ -21,7 +26,7 @@ from dnas import relaxations
 from dnas.arch import ArchParam
 from dnas.regularizers import AUX_SKIP, SKIP_DROPOUT
 from dnas.mixed_op import weighted_sum
-from dnas.cells import ops
+from dnas.cells import ops, pcdarts
 
 PRIMITIVES = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
               'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
@@ -140,20 +145,25 @@ class SearchCell(nnx.Module):
   def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool,
                reduction_prev: bool, primitives: Sequence[str], num_nodes: int,
                multiplier: int, forms: dict, rngs: nnx.Rngs, aux_skip: bool = False,
-               aux_rngs: nnx.Rngs | None = None):
+               aux_rngs: nnx.Rngs | None = None, partial_channels: int = 1):
     self.reduction = reduction
     self.num_nodes, self.multiplier = num_nodes, multiplier
     self.preprocess0 = (ops.FactorizedReduce(c_prev_prev, c, 1, rngs) if reduction_prev
                         else ops.ReLUConvBN(c_prev_prev, c, rngs))
     self.preprocess1 = ops.ReLUConvBN(c_prev, c, rngs)
-    self.fan_out = nnx.List([
-        FanOutMixedOp(c, len(edges_from(s, num_nodes)), 2 if reduction and s < 2 else 1,
-                      primitives, forms[c], rngs, aux_skip, aux_rngs)
-        for s in range(num_nodes + 1)])
+    k = partial_channels
 
-  def __call__(self, s0, s1, weights, train: bool, edge_mods=None, key=None):
+    def mixed_op(source):
+      stride = 2 if reduction and source < 2 else 1
+      op = FanOutMixedOp(c // k, len(edges_from(source, num_nodes)), stride, primitives,
+                         forms[c], rngs, aux_skip, aux_rngs)
+      return op if k == 1 else pcdarts.PartialChannels(op, k, stride)
+    self.fan_out = nnx.List([mixed_op(s) for s in range(num_nodes + 1)])
+
+  def __call__(self, s0, s1, weights, train: bool, edge_mods=None, key=None,
+               edge_weights=None):
     """weights: (num_edges, num_ops) in the reference's edge order; edge_mods and key: see
-    FanOutMixedOp."""
+    FanOutMixedOp; edge_weights (num_edges,) scale each edge's output (PC-DARTS)."""
     if isinstance(self.preprocess0, ops.FactorizedReduce):
       s0 = self.preprocess0(jax.nn.relu(s0), train)[..., 0, :]
     else:
@@ -164,8 +174,11 @@ class SearchCell(nnx.Module):
       if source >= 2:  # every edge into this node has been computed: the node is ready
         states.append(_materialize(sum(node_inputs[source - 2])))
       edges = edges_from(source, self.num_nodes)
-      out = self.fan_out[source](states[source], weights[np.array([e for e, _ in edges])], train,
+      index = np.array([e for e, _ in edges])
+      out = self.fan_out[source](states[source], weights[index], train,
                                  edge_mods, None if key is None else jax.random.fold_in(key, source))
+      if edge_weights is not None:
+        out = out * edge_weights[index][:, None]
       for i, (_, node) in enumerate(edges):
         node_inputs[node].append(out[..., i, :])
     states.append(sum(node_inputs[-1]))
@@ -176,15 +189,23 @@ class SearchNetwork(nnx.Module):
   """The DARTS supernet: stem (3C), `layers` cells, global pool, linear classifier.
 
   `alphas_normal` / `alphas_reduce` are `ArchParam`s, (14, num_ops) each, initialised to
-  1e-3 * N(0, 1) as in the reference.
+  1e-3 * N(0, 1) as in the reference. PC-DARTS (cells/pcdarts.py): `partial_channels` K > 1
+  sends C/K channels of every edge through the ops; `edge_normalization` adds
+  `betas_normal` / `betas_reduce` (14,), initialised as the alphas and drawn after them.
   """
 
   def __init__(self, *, num_classes: int, in_channels: int = 3, channels: int = 16,
                layers: int = 8, primitives: Sequence[str] = PRIMITIVES, num_nodes: int = 4,
                multiplier: int = 4, stem_multiplier: int = 3,
                relaxation: str | relaxations.Relaxation = 'softmax', conv_form: str = 'auto',
-               regularizers=None, rngs: nnx.Rngs):
+               regularizers=None, partial_channels: int = 1, edge_normalization: bool = False,
+               rngs: nnx.Rngs):
     self.primitives = check_primitives(primitives)
+    # Every cell has channels, 2 or 4 x channels: K must divide the smallest.
+    pcdarts.check_partial_channels(partial_channels, [channels], 'the DARTS supernet (C)')
+    if not isinstance(edge_normalization, bool):
+      raise ValueError(f'edge_normalization must be True or False, got {edge_normalization!r}')
+    self.num_nodes = num_nodes
     # Regularizers that modify edges (dnas/regularizers: DARTS-, P-DARTS) are static data of
     # the model, read every forward pass with the step; the others never reach the network.
     kinds = regularizers.edge_kinds if regularizers is not None else frozenset()
@@ -213,7 +234,8 @@ class SearchNetwork(nnx.Module):
         c_curr *= 2
       form = ops.choose_form(c_curr) if conv_form == 'auto' else conv_form
       cells.append(SearchCell(c_pp, c_p, c_curr, reduction, reduction_prev, self.primitives,
-                              num_nodes, multiplier, {c_curr: form}, rngs, aux_skip, aux_rngs))
+                              num_nodes, multiplier, {c_curr: form}, rngs, aux_skip, aux_rngs,
+                              partial_channels))
       reduction_prev = reduction
       c_pp, c_p = c_p, multiplier * c_curr
     self.cells = nnx.List(cells)
@@ -222,6 +244,11 @@ class SearchNetwork(nnx.Module):
     k = num_edges(num_nodes)
     self.alphas_normal = ArchParam(ops.normal(1e-3)(rngs.params(), (k, len(primitives))))
     self.alphas_reduce = ArchParam(ops.normal(1e-3)(rngs.params(), (k, len(primitives))))
+    if edge_normalization:  # drawn last: the rest of the supernet initialises as without
+      self.betas_normal = ArchParam(ops.normal(1e-3)(rngs.params(), (k,)))
+      self.betas_reduce = ArchParam(ops.normal(1e-3)(rngs.params(), (k,)))
+    else:
+      self.betas_normal = self.betas_reduce = None
 
   def op_weights(self, key=None, step=None):
     """Relaxed op weights (normal, reduce), each (num_edges, num_ops); key=None: the
@@ -230,10 +257,25 @@ class SearchNetwork(nnx.Module):
     return (self.relaxation.weights(self.alphas_normal[...], key=k1, step=step),
             self.relaxation.weights(self.alphas_reduce[...], key=k2, step=step))
 
+  def edge_weights(self):
+    """(normal, reduce) PC-DARTS edge weights, each (num_edges,): the per-node softmax of the
+    betas; None without edge normalisation."""
+    if self.betas_normal is None:
+      return None
+    return tuple(pcdarts.node_softmax(b[...], 2, self.num_nodes)
+                 for b in (self.betas_normal, self.betas_reduce))
+
   def genotype_weights(self):
-    """(normal, reduce) weights that the genotype is read off, as the relaxation defines."""
-    return (self.relaxation.genotype_weights(self.alphas_normal[...]),
-            self.relaxation.genotype_weights(self.alphas_reduce[...]))
+    """(normal, reduce) weights that the genotype is read off, as the relaxation defines;
+    with edge normalisation each edge's row is scaled by its edge weight, so that the top-2
+    edges per node are ranked by op weight x edge weight (PC-DARTS' `genotype`). The op chosen
+    on an edge is unchanged by the (positive) scale."""
+    weights = (self.relaxation.genotype_weights(self.alphas_normal[...]),
+               self.relaxation.genotype_weights(self.alphas_reduce[...]))
+    edges = self.edge_weights()
+    if edges is None:
+      return weights
+    return tuple(w * e[:, None] for w, e in zip(weights, edges))
 
   def relaxation_loss(self):
     """The relaxation's term of the search loss (e.g. DrNAS's KL), summed over cell types."""
@@ -247,9 +289,11 @@ class SearchNetwork(nnx.Module):
       if SKIP_DROPOUT in edge_mods and train and key is not None:
         key, drop_key = jax.random.split(key)
     w_normal, w_reduce = self.op_weights(key, step)
+    e_normal, e_reduce = self.edge_weights() or (None, None)
     s = ops.conv(x, self.stem_w[...], 1, 1, 1)
     s0 = s1 = self.stem_bn(s, train)
     for i, cell in enumerate(self.cells):
       s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, train, edge_mods,
-                        None if drop_key is None else jax.random.fold_in(drop_key, i))
+                        None if drop_key is None else jax.random.fold_in(drop_key, i),
+                        e_reduce if cell.reduction else e_normal)
     return self.classifier(jnp.mean(s1, axis=(1, 2)))

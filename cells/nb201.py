@@ -34,6 +34,11 @@ computed once, the average pool once (shared by all outgoing edges: same input, 
 and each conv op of all E outgoing edges is one fan-out conv C -> E*C (weights stored per
 edge, (E,k,k,C,C), so the parameter count is the reference's); BNs are the own
 `ops.BatchNorm` (nnx.BatchNorm slows tracing ~10x).
+
+PC-DARTS (cells/pcdarts.py) switches on as in cells/darts.py: `partial_channels=K` (C/K
+channels through the ops, the rest bypass, channel shuffle) and `edge_normalization` (an
+ArchParam `betas` (6,), softmax over each node's incoming edges, scaling the edge outputs).
+The read-off (argmax per edge) is unchanged by edge weights, so they do not enter it.
 """
 from typing import Sequence
 
@@ -45,7 +50,7 @@ from flax import nnx
 from dnas import nb201_string, relaxations
 from dnas.arch import ArchParam
 from dnas.mixed_op import weighted_sum
-from dnas.cells import ops
+from dnas.cells import ops, pcdarts
 from dnas.cells.eval_network import torch_uniform
 
 SPACE = nb201_string.SPACE
@@ -165,20 +170,27 @@ class SearchCell(nnx.Module):
   """NB201 search cell (`NAS201SearchCell`) at c channels, stride 1."""
 
   def __init__(self, c: int, primitives: Sequence[str], track_running_stats: bool,
-               rngs: nnx.Rngs):
-    self.fan_out = nnx.List([
-        FanOutMixedOp(c, len(edges_from(s)), primitives, track_running_stats, rngs)
-        for s in range(NUM_NODES - 1)])
+               rngs: nnx.Rngs, partial_channels: int = 1):
+    k = partial_channels
 
-  def __call__(self, x, weights, train: bool):
-    """weights: (6, num_ops) in the reference edge order."""
+    def mixed_op(source):
+      op = FanOutMixedOp(c // k, len(edges_from(source)), primitives, track_running_stats, rngs)
+      return op if k == 1 else pcdarts.PartialChannels(op, k, 1)
+    self.fan_out = nnx.List([mixed_op(s) for s in range(NUM_NODES - 1)])
+
+  def __call__(self, x, weights, train: bool, edge_weights=None):
+    """weights: (6, num_ops) in the reference edge order; edge_weights (6,) scale each
+    edge's output (PC-DARTS)."""
     nodes = [_materialize(x)]
     node_inputs = [[] for _ in range(NUM_NODES)]
     for source in range(NUM_NODES - 1):
       if source >= 1:  # every edge into this node has been computed
         nodes.append(_materialize(sum(node_inputs[source])))
       edges = edges_from(source)
-      out = self.fan_out[source](nodes[source], weights[np.array([e for e, _ in edges])], train)
+      index = np.array([e for e, _ in edges])
+      out = self.fan_out[source](nodes[source], weights[index], train)
+      if edge_weights is not None:
+        out = out * edge_weights[index][:, None]
       for i, (_, target) in enumerate(edges):
         node_inputs[target].append(out[..., i, :])
     return sum(node_inputs[-1])
@@ -257,27 +269,44 @@ class SearchNetwork(_Macro):
   shared by all cells, initialised to 1e-3 * N(0, 1) as the reference; op weights come from
   the relaxation (`dnas.relaxations`). Same interface as cells/darts.py `SearchNetwork`:
   `__call__(x, train, key, step)`, `op_weights`, `genotype_weights`, `relaxation_loss`; NB201
-  has one cell type, so the weight methods return one (6, num_ops) array."""
+  has one cell type, so the weight methods return one (6, num_ops) array. PC-DARTS:
+  `partial_channels` K, `edge_normalization` (module docstring)."""
 
   def __init__(self, *, num_classes: int, in_channels: int = 3, channels: int = 16,
                cells_per_stage: int = 5, primitives: Sequence[str] = PRIMITIVES,
                relaxation: str | relaxations.Relaxation = 'softmax',
-               track_running_stats: bool = False, rngs: nnx.Rngs):
+               track_running_stats: bool = False, partial_channels: int = 1,
+               edge_normalization: bool = False, rngs: nnx.Rngs):
     self.primitives = check_primitives(primitives)
     self.relaxation = (relaxations.make(relaxation) if isinstance(relaxation, str)
                        else relaxation)
-    self._build(lambda c: SearchCell(c, self.primitives, track_running_stats, rngs),
+    pcdarts.check_partial_channels(partial_channels, [channels], 'the NB201 supernet (C)')
+    if not isinstance(edge_normalization, bool):
+      raise ValueError(f'edge_normalization must be True or False, got {edge_normalization!r}')
+    self._build(lambda c: SearchCell(c, self.primitives, track_running_stats, rngs,
+                                     partial_channels),
                 num_classes=num_classes, in_channels=in_channels, channels=channels,
                 cells_per_stage=cells_per_stage, rngs=rngs)
     self.alphas = ArchParam(1e-3 * jax.random.normal(rngs.params(),
                                                      (NUM_EDGES, len(self.primitives))))
+    # Drawn last: the rest of the supernet initialises as without edge normalisation.
+    self.betas = (ArchParam(ops.normal(1e-3)(rngs.params(), (NUM_EDGES,)))
+                  if edge_normalization else None)
 
   def op_weights(self, key=None, step=None):
     """Relaxed op weights (6, num_ops); key=None: the relaxation's deterministic weights."""
     return self.relaxation.weights(self.alphas[...], key=key, step=step)
 
+  def edge_weights(self):
+    """PC-DARTS edge weights (6,): softmax of the betas per node; None without edge
+    normalisation."""
+    if self.betas is None:
+      return None
+    return pcdarts.node_softmax(self.betas[...], 1, NUM_NODES - 1)
+
   def genotype_weights(self):
-    """The weights the architecture is read off (argmax per edge, see nb201_string.derive)."""
+    """The weights the architecture is read off (argmax per edge, see nb201_string.derive;
+    an edge weight would scale a whole row, so it is left out)."""
     return self.relaxation.genotype_weights(self.alphas[...])
 
   def relaxation_loss(self):
@@ -288,8 +317,8 @@ class SearchNetwork(_Macro):
     return nb201_string.derive(jax.device_get(self.genotype_weights()), self.primitives)
 
   def __call__(self, x, train: bool, key=None, step=None):
-    weights = self.op_weights(key, step)
-    return self._run(x, train, lambda cell, s: cell(s, weights, train))
+    weights, edge_weights = self.op_weights(key, step), self.edge_weights()
+    return self._run(x, train, lambda cell, s: cell(s, weights, train, edge_weights))
 
 
 # --------------------------------------------------------------------------- stand-alone

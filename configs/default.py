@@ -25,6 +25,11 @@ def get_config():
   c.model.primitives = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect',
                         'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
   c.model.conv_form = 'auto'  # auto | folded | shift | grouped (cells/ops.py)
+  # PC-DARTS (cells/pcdarts.py; its paper settings: configs/pcdarts.py): K > 1 sends 1/K of
+  # every edge's channels through the ops (K must divide channels); edge_normalization adds
+  # per-edge betas (softmax over each node's incoming edges), trained with the alphas.
+  c.model.partial_channels = 1
+  c.model.edge_normalization = False
 
   c.relaxation = 'softmax'      # dnas/relaxations: softmax | gumbel_softmax | gumbel_hard |
                                 # sigmoid | dirichlet, or one registered by relaxation_module

@@ -32,6 +32,11 @@ def get_config():
   # Cell BNs: False = batch statistics also in evaluation (NB201's recommended BN=0);
   # True = PyTorch running averages.
   c.model.track_running_stats = False
+  # PC-DARTS (cells/pcdarts.py; its paper settings: configs/pcdarts.py): K > 1 sends 1/K of
+  # every edge's channels through the ops (K must divide channels); edge_normalization adds
+  # per-edge betas (softmax over each node's incoming edges), trained with the alphas.
+  c.model.partial_channels = 1
+  c.model.edge_normalization = False
 
   c.relaxation = 'softmax'      # dnas/relaxations: softmax | gumbel_softmax | gumbel_hard |
                                 # sigmoid | dirichlet, or one registered by relaxation_module

@@ -45,7 +45,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def experiment_identity(config) -> dict:
   """The fields that make two runs the same experiment (a checkpoint of one fits the other)."""
-  return {'dataset': config.dataset, 'model': config.model.to_dict(),
+  return {'dataset': config.dataset, 'model': spaces.model_identity(config),
           'relaxation': config.relaxation, 'relaxation_args': config.relaxation_args.to_dict(),
           'bilevel': config.bilevel.to_dict(),
           'seed': config.seed, 'batch_size': config.batch_size,
@@ -97,6 +97,7 @@ def make_alpha_gradient(config, *, loss_fn, alpha_loss_term=None):
     xi = lambda state: state.weight_opt_state.hyperparams['learning_rate']
   return bilevel.alpha_gradient_fn(b.order, loss_fn=loss_fn, alpha_loss_term=alpha_loss_term,
                                    hvp=b.get('hvp'), xi=xi,
+      **spaces.pcdarts_settings(config),
                                    momentum=config.optim.momentum,
                                    weight_decay=config.optim.weight_decay)
 

@@ -2,6 +2,8 @@
 
     dnas-bench --genotype=DARTS_V2 --genotype=PC_DARTS --genotype=/tmp/dnas_default/genotype.json
     dnas-bench --genotype=DARTS_V2 --network=imagenet        # mobile setting, 224x224
+    dnas-bench --genotype='|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
+    dnas-bench --genotype=/tmp/dnas_nb201/genotype.json      # an NB201 search's arch, C=16 N=5
 
 Prints a table (one column per genotype) and then the same results as one JSON line
 (also written to --json_out). With several genotypes each one runs in its own process, so
@@ -15,12 +17,15 @@ import sys
 from absl import app, flags, logging
 
 _GENOTYPE = flags.DEFINE_multi_string('genotype', None, 'Known genotype name (DARTS_V1, '
-                                      'DARTS_V2, PC_DARTS, P_DARTS, DrNAS) or a genotype.json '
-                                      'path; repeat for a side-by-side comparison.')
-_NETWORK = flags.DEFINE_enum('network', 'cifar', ['cifar', 'imagenet'], 'Evaluation network.')
+                                      'DARTS_V2, PC_DARTS, P_DARTS, DrNAS), a NAS-Bench-201 '
+                                      'arch string, or a genotype.json path (either space); '
+                                      'repeat for a side-by-side comparison.')
+_NETWORK = flags.DEFINE_enum('network', None, ['cifar', 'imagenet', 'nb201'],
+                             'Network (default: cifar for DARTS genotypes, nb201 for NB201).')
 _CHANNELS = flags.DEFINE_integer('channels', None, 'Initial channels (default: the paper\'s, '
-                                 '36 cifar / 48 imagenet).')
-_LAYERS = flags.DEFINE_integer('layers', None, 'Cells (default 20 cifar / 14 imagenet).')
+                                 '36 cifar / 48 imagenet / 16 nb201).')
+_LAYERS = flags.DEFINE_integer('layers', None, 'Cells (default 20 cifar / 14 imagenet); for '
+                               'nb201 the cells per stage N (default 5).')
 _IMAGE = flags.DEFINE_integer('image_size', None, 'Input size (default 32 / 224).')
 _BATCH = flags.DEFINE_integer('batch', 64, 'Batch size of the throughput measurement.')
 _REPEATS = flags.DEFINE_integer('repeats', 20, 'Timed batch-1 runs (throughput: a quarter).')
@@ -53,11 +58,13 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # jax / matplotlib log their start-up at INFO
   from dnas.genotype import GenotypeError
-  from dnas.cells import known_genotypes
-  try:  # bad names fail before anything is compiled
+  from dnas.cells import standalone
+  try:  # bad names and genotype/network mismatches fail before anything is compiled
     for g in _GENOTYPE.value:
-      known_genotypes.resolve(g)
-  except GenotypeError as e:
+      arch = standalone.resolve(g)
+      if _NETWORK.value:
+        standalone.check_network(arch, _NETWORK.value)
+  except (GenotypeError, ValueError) as e:
     print(f'dnas-bench: error: {e}', file=sys.stderr)
     sys.exit(1)
   if _ISOLATE.value and len(_GENOTYPE.value) > 1:

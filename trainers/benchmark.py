@@ -1,7 +1,8 @@
 """Benchmark a genotype's stand-alone network on whatever device JAX sees.
 
-`benchmark(name_or_path, ...)` builds the network (eval mode: no auxiliary head, no
-drop-path), compiles its forward pass and measures:
+`benchmark(genotype, ...)` builds the network of a DARTS genotype (CIFAR or ImageNet network)
+or of an NAS-Bench-201 arch string (cells/standalone.py), in eval mode (no auxiliary head,
+no drop-path), compiles its forward pass and measures:
 
   params            trainable parameters without the auxiliary head (the papers' figure)
   flops_xla         XLA's cost analysis of the compiled batch-1 forward pass
@@ -9,7 +10,8 @@ drop-path), compiles its forward pass and measures:
                     same convention (the compiled conv form, padding taps free); XLA also
                     counts elementwise ops (BN, ReLU, adds, pools), so xla/analytic is a
                     little above 1 and falls towards 1 as the channels grow
-  macs_paper        textbook multiply-adds (separable convs, every tap): the papers' figure
+  macs_paper        the papers' multiply-adds: DARTS, textbook separable convs with every
+                    tap; NB201, NAS-Bench-201's counter (every conv tap, classifier + bias)
   compile_s         lowering + compilation of the batch-1 forward pass
   latency_ms        batch 1, median and 90th percentile over `repeats` runs
   throughput        images/s at `batch`, from the median of `repeats` runs
@@ -26,27 +28,32 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dnas.cells import eval_network, known_genotypes
+from dnas.cells import standalone
 
 NETWORKS = {
-    # name: (class, default channels, layers, image size, classes)
-    'cifar': (eval_network.NetworkCIFAR, 36, 20, 32, 10),
-    'imagenet': (eval_network.NetworkImageNet, 48, 14, 224, 1000),
+    # name: (default channels, layers (DARTS: cells; NB201: cells per stage N), image size,
+    #        classes), the papers' settings
+    'cifar': (36, 20, 32, 10),
+    'imagenet': (48, 14, 224, 1000),
+    'nb201': (16, 5, 32, 10),
 }
 
 
-def build(geno, network: str = 'cifar', *, channels: int | None = None,
+def build(arch: standalone.Arch, network: str | None = None, *, channels: int | None = None,
           layers: int | None = None, image_size: int | None = None,
           num_classes: int | None = None, conv_form: str = 'auto', seed: int = 0):
-  """(model, image size) of a network from NETWORKS, defaults from the papers."""
+  """(model, network, image size): the network from NETWORKS, defaults from the papers.
+  `layers` is the number of cells (DARTS) or cells per stage N (NB201)."""
+  network = network or arch.default_network()
   if network not in NETWORKS:
     raise ValueError(f'unknown network {network!r}; valid: {", ".join(NETWORKS)}')
-  cls, c, n, size, classes = NETWORKS[network]
+  standalone.check_network(arch, network)
+  c, n, size, classes = NETWORKS[network]
   size = image_size or size
-  model = cls(geno, num_classes=num_classes or classes, image_size=size,
-              channels=channels or c, layers=layers or n, auxiliary=False,
-              conv_form=conv_form, rngs=nnx.Rngs(seed))
-  return model, size
+  model = standalone.build(arch, network, num_classes=num_classes or classes, in_channels=3,
+                           image_size=size, channels=channels or c, layers=layers or n,
+                           cells_per_stage=layers or n, conv_form=conv_form, seed=seed)
+  return model, network, size
 
 
 def _cost(compiled) -> dict:
@@ -91,18 +98,21 @@ def peak_memory_bytes() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process peak RSS'
 
 
-def benchmark(name_or_path: str, *, network: str = 'cifar', channels: int | None = None,
+def benchmark(genotype: str, *, network: str | None = None, channels: int | None = None,
               layers: int | None = None, image_size: int | None = None,
               num_classes: int | None = None, batch: int = 64, repeats: int = 20,
               conv_form: str = 'auto', seed: int = 0) -> dict:
-  geno = known_genotypes.resolve(name_or_path)
-  model, size = build(geno, network, channels=channels, layers=layers, image_size=image_size,
-                      num_classes=num_classes, conv_form=conv_form, seed=seed)
-  in_channels = (model.stem_w if network == 'cifar' else model.stem0_w1).shape[2]
-  params = eval_network.num_params(model)
-  forms = sorted({op.form for cell in model.cells for op in cell.ops if hasattr(op, 'form')})
-  flops_analytic = eval_network.analytic_flops(model, 1, (size, size))
-  macs_paper = eval_network.conv_macs(model, 1, (size, size), paper=True)
+  """`genotype`: a known DARTS name, a genotype.json (either space) or an NB201 arch string;
+  `network` defaults to the space's (DARTS: cifar, NB201: nb201)."""
+  arch = standalone.resolve(genotype)
+  model, network, size = build(arch, network, channels=channels, layers=layers,
+                               image_size=image_size, num_classes=num_classes,
+                               conv_form=conv_form, seed=seed)
+  in_channels = standalone.in_channels_of(model)
+  params = standalone.num_params(model)
+  forms = standalone.conv_forms(model)
+  flops_analytic = standalone.analytic_flops(model, 1, (size, size))
+  macs_paper = standalone.paper_macs(model, 1, (size, size))
   graphdef, state = nnx.split(model)
   del model
 
@@ -133,9 +143,9 @@ def benchmark(name_or_path: str, *, network: str = 'cifar', channels: int | None
   peak, peak_kind = peak_memory_bytes()
   device = jax.devices()[0]
   return {
-      'genotype': known_genotypes.label(name_or_path),
-      'network': network, 'channels': channels or NETWORKS[network][1],
-      'layers': layers or NETWORKS[network][2], 'image_size': size,
+      'genotype': arch.label, 'space': arch.space,
+      'network': network, 'channels': channels or NETWORKS[network][0],
+      'layers': layers or NETWORKS[network][1], 'image_size': size,
       'params': params,
       'flops_xla': flops_xla, 'flops_analytic': flops_analytic,
       'flops_xla_over_analytic': round(flops_xla / flops_analytic, 4),
@@ -153,7 +163,13 @@ def benchmark(name_or_path: str, *, network: str = 'cifar', channels: int | None
   }
 
 
-ROWS = (('params', 'params', lambda v: f'{v / 1e6:.3f} M'),
+def network_label(r: dict) -> str:
+  cells = (f'N={r["layers"]}' if r['network'] == 'nb201' else f'{r["layers"]} cells')
+  return f'{r["network"]} C={r["channels"]} {cells} {r["image_size"]}px'
+
+
+ROWS = (('network', 'network', None),
+        ('params', 'params', lambda v: f'{v / 1e6:.3f} M'),
         ('macs (paper)', 'macs_paper', lambda v: f'{v / 1e6:.1f} M'),
         ('FLOPs XLA, b=1', 'flops_xla', lambda v: f'{v / 1e6:.1f} M'),
         ('FLOPs analytic', 'flops_analytic', lambda v: f'{v / 1e6:.1f} M'),
@@ -178,14 +194,14 @@ def table(results: list[dict]) -> str:
   for label, key, fmt in ROWS:
     if key == 'throughput_img_s':
       label = f'throughput b={r0["batch"]}'
-    rows.append([label, *[fmt(r[key]) for r in results]])
+    rows.append([label, *[fmt(r[key]) if fmt else network_label(r) for r in results]])
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
   lines = ['  '.join(cell.ljust(w) if i == 0 else cell.rjust(w)
                      for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
   lines.insert(1, '-' * len(lines[0]))
-  note = (f'{r0["network"]} network, C={r0["channels"]}, {r0["layers"]} cells, '
-          f'{r0["image_size"]}x{r0["image_size"]}, conv form {r0["conv_form"]} '
-          f'({"/".join(r0["conv_forms_used"]) or "no convs"}); '
+  forms = sorted({f for r in results for f in r['conv_forms_used']})
+  note = (f'conv form {r0["conv_form"]} ({"/".join(forms) or "no convs"}); '
           f'{r0["backend"]} on {r0["host"]}, jax {r0["jax"]}; peak memory: '
-          f'{r0["peak_memory_kind"]}')
+          f'{r0["peak_memory_kind"]}; macs (paper): DARTS textbook separable convs, NB201 '
+          f'NAS-Bench-201\'s counter')
   return '\n'.join(lines + [note])

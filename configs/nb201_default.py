@@ -67,4 +67,10 @@ def get_config():
   c.checkpoint_every_steps = 50
   c.eval_every_epochs = 1
   c.keep_checkpoints = 2
+
+  # Devices (trainers/sharding.py): the global batch `batch_size` is split over `mesh.data`
+  # devices (-1: all of them, on every host); weights, alphas and optimizer states are
+  # replicated. One device computes what N devices compute on the same global batch.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
   return c

@@ -80,6 +80,13 @@ def load_source(name: str, split_key: str, data_dir: str | os.PathLike):
   spec = get_spec(name)
   split = _tfds_split(spec, split_key)
   data_dir = os.path.expanduser(os.fspath(data_dir))
+  if '://' in data_dir:
+    # array_record reads local files only (google/array_record#120, tensorflow/datasets#5100).
+    raise DatasetNotFoundError(
+        f'data_dir {data_dir} is not a local path: random-access array_record files are read '
+        'from local disk only. Copy the prepared dataset to each host first, e.g. '
+        f'`gcloud storage cp -r {data_dir.rstrip("/")}/{spec.tfds_name} ~/tensorflow_datasets/`'
+        ' (launch/tpu.py does this on every TPU worker), and pass that local data_dir')
   if spec.tfds_name == 'mnist5k':
     mnist5k.ensure_prepared(data_dir)
   # Checked here because TFDS, asked not to download, reports a missing dataset as an
@@ -130,9 +137,8 @@ def cutout(image: np.ndarray, rng: np.random.Generator, length: int) -> np.ndarr
   return out
 
 
-def _cutout_batch(batch: dict[str, np.ndarray], rng: np.random.Generator, length: int):
-  return {'image': np.stack([cutout(im, rng, length) for im in batch['image']]),
-          'label': batch['label']}
+def _cutout_record(record: dict[str, np.ndarray], rng: np.random.Generator, length: int):
+  return {'image': cutout(record['image'], rng, length), 'label': record['label']}
 
 
 def _select(record: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -152,8 +158,8 @@ def normalize(batch: dict[str, np.ndarray], mean, std) -> dict[str, np.ndarray]:
 
 
 def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None,
-                 train: bool, data_dir: str | os.PathLike,
-                 cutout_length: int = 0) -> grain.MapDataset:
+                 train: bool, data_dir: str | os.PathLike, cutout_length: int = 0,
+                 shard_index: int = 0, num_shards: int = 1) -> grain.MapDataset:
   """Batches {'image': float32 (B, H, W, C), 'label': int32 (B,)}, indexable by step.
 
   train=True: infinite; batch `step` is `ds[step]`, a pure function of (seed, step).
@@ -164,9 +170,17 @@ def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None
     nothing: if batch_size does not divide the split, one batch spans two epochs.
   train=False: one pass in file order, the last partial batch kept, for evaluation.
   cutout_length > 0 (train only): Cutout of that size after normalization, its RNG seeded
-    from the seed and the batch index.
+    from the seed and the record's global index.
+  num_shards > 1 (one share per process of a multi-host run): `batch_size` is the global
+    batch and each process reads only its rows. train=True: `ds[step]` is rows
+    [shard_index * b, (shard_index + 1) * b) of global batch `step` (b = batch_size /
+    num_shards), which is then exactly what one process reading everything would see.
+    train=False: chunks of b in file order; `evaluate` deals them out to the processes.
+  Every random draw depends on the record's global index only, never on num_shards.
   """
   spec = get_spec(name)
+  if batch_size % num_shards:
+    raise ValueError(f'batch size {batch_size} does not split over {num_shards} processes')
   ds = grain.MapDataset.source(load_source(name, split_key, data_dir)).map(_select)
   if train:
     if seed is None:
@@ -174,23 +188,36 @@ def make_dataset(name: str, split_key: str, *, batch_size: int, seed: int | None
     ds = ds.seed(seed).shuffle().repeat()
     if spec.augment:
       ds = ds.random_map(_augment)
-  ds = ds.batch(batch_size, drop_remainder=train)
   ds = ds.map(functools.partial(normalize, mean=spec.mean, std=spec.std))
   if train and cutout_length > 0:
-    ds = ds.random_map(functools.partial(_cutout_batch, length=cutout_length))
+    ds = ds.random_map(functools.partial(_cutout_record, length=cutout_length))
+  ds = ds.batch(batch_size // num_shards, drop_remainder=train)
+  if train and num_shards > 1:
+    ds = ds[shard_index::num_shards]  # global batch s = local chunks s*n .. s*n + n - 1
   return ds
 
 
-def evaluate(eval_batch, state, dataset, batch_size: int) -> float:
+def evaluate(eval_batch, state, dataset, batch_size: int, *, to_global=None,
+             shard_index: int = 0, num_shards: int = 1) -> float:
   """Accuracy of `eval_batch(state, batch, mask) -> correct count` over a whole split. The last
-  partial batch is padded (and masked) so that one compiled shape serves every batch."""
-  correct = total = 0
-  for i in range(len(dataset)):
-    batch = dataset[i]
-    n = len(batch['label'])
-    if n < batch_size:
-      batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)])
+  partial batch is padded (and masked) so that one compiled shape serves every batch.
+
+  Several processes (`num_shards`): `dataset` holds chunks of the local batch size
+  `batch_size`; global batch i is chunks i*n .. i*n + n - 1, this process feeding chunk
+  i*n + shard_index (a fully masked one past the end); `to_global` assembles the processes'
+  rows into global arrays. The count is a global sum, the same on every process."""
+  chunks = len(dataset)
+  correct = 0
+  for i in range(-(-chunks // num_shards)):
+    c = i * num_shards + shard_index
+    batch = dataset[min(c, chunks - 1)]
+    n = len(batch['label']) if c < chunks else 0
+    if len(batch['label']) < batch_size:
+      batch = {k: np.concatenate([v, np.repeat(v[:1], batch_size - len(v), 0)])
                for k, v in batch.items()}
-    correct += int(eval_batch(state, batch, np.arange(batch_size) < n))
-    total += n
+    mask = np.arange(batch_size) < n
+    if to_global is not None:
+      batch, mask = to_global((batch, mask))
+    correct += int(eval_batch(state, batch, mask))
+  total = (chunks - 1) * batch_size + len(dataset[chunks - 1]['label'])
   return correct / total

@@ -2,7 +2,9 @@
 
 `search(config, workdir)` runs (or resumes) a search and returns its summary. Outputs in the
 workdir: checkpoints/ (orbax), tb/ (TensorBoard events), alphas.jsonl (the alpha history),
-genotype.json, result.json.
+genotype.json, result.json. The workdir may be remote (gs://). The batch is sharded over the
+devices of `config.mesh` (trainers/sharding.py); with several processes every one computes,
+process 0 alone logs and writes the files.
 """
 import functools
 import json
@@ -17,6 +19,7 @@ import numpy as np
 import optax
 import tqdm
 from absl import logging
+from etils import epath
 from flax import nnx
 from tensorboardX import SummaryWriter
 
@@ -24,7 +27,7 @@ from dnas import arch, bilevel, genotype as genotype_lib, regularizers, relaxati
 from dnas.regularizers import rdarts
 from dnas.cells import darts
 from dnas.state import SearchState
-from dnas.trainers import checkpoint, data, spaces
+from dnas.trainers import checkpoint, data, sharding, spaces
 
 
 # ------------------------------------------------------------------------------------ config
@@ -41,6 +44,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in ('batch_size', 'epochs', 'log_every_steps', 'checkpoint_every_steps'):
     if int(config[field]) <= 0:
       raise ValueError(f'config.{field} must be positive, got {config[field]}')
+  mesh_data(config)
+
+
+def mesh_data(config) -> int:
+  """config.mesh.data: devices the batch is split over (-1: all); -1 without the field."""
+  n = int(config.get('mesh', {}).get('data', -1))
+  if n == 0 or n < -1:
+    raise ValueError(f'config.mesh.data must be -1 (all devices) or a positive count, got {n}')
+  return n
 
 
 def experiment_identity(config) -> dict:
@@ -85,6 +97,7 @@ def build_model(config, spec: data.DatasetSpec, total_steps: int,
       channels=config.model.channels, layers=config.model.layers,
       primitives=tuple(config.model.primitives), num_nodes=config.model.num_nodes,
       relaxation=relaxation, conv_form=config.model.conv_form, regularizers=regs,
+      **spaces.pcdarts_settings(config),
       rngs=nnx.Rngs(config.seed))
 
 
@@ -97,7 +110,6 @@ def make_alpha_gradient(config, *, loss_fn, alpha_loss_term=None):
     xi = lambda state: state.weight_opt_state.hyperparams['learning_rate']
   return bilevel.alpha_gradient_fn(b.order, loss_fn=loss_fn, alpha_loss_term=alpha_loss_term,
                                    hvp=b.get('hvp'), xi=xi,
-      **spaces.pcdarts_settings(config),
                                    momentum=config.optim.momentum,
                                    weight_decay=config.optim.weight_decay)
 
@@ -210,8 +222,11 @@ def make_eigenvalue_fn(graphdef, regs, loss_fn, batch):
 # -------------------------------------------------------------------------------------- eval
 
 
-def make_eval_fn(graphdef):
-  @jax.jit
+def make_eval_fn(graphdef, dp: sharding.DataParallel | None = None):
+  shardings = ({} if dp is None else
+               dict(in_shardings=(dp.replicated, dp.batch, dp.batch), out_shardings=dp.replicated))
+
+  @functools.partial(jax.jit, **shardings)
   def eval_batch(state: SearchState, batch, mask):
     model = arch.merge(graphdef, state.alphas, state.batch_stats, state.weights)
     # The step: a regularizer's edge modification in force (DARTS-'s beta) applies here too.
@@ -225,20 +240,23 @@ def make_eval_fn(graphdef):
 
 
 class AlphaHistory:
-  """alphas.jsonl: one line per record, {step, epoch, normal, reduce} (raw alphas)."""
+  """alphas.jsonl: one line per record, {step, epoch, normal, reduce} (raw alphas).
 
-  def __init__(self, path: str):
-    self.path = path
+  Kept in memory too, so that every process of a multi-host run reads the same records
+  while process 0 alone (`write`) writes the file (local or remote: rewritten whole)."""
+
+  def __init__(self, path: str, *, write: bool = True):
+    self.path = epath.Path(path)
+    self.write = write
+    self.lines: list[str] = []
 
   def truncate_after(self, step: int) -> None:
-    """Drops records newer than a resumed checkpoint, so a resumed run does not duplicate."""
-    if not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      keep = [line for line in f if json.loads(line)['step'] <= step]
-    with open(self.path + '.tmp', 'w') as f:
-      f.writelines(keep)
-    os.replace(self.path + '.tmp', self.path)
+    """Loads the records up to a resumed checkpoint's step and drops newer ones from the
+    file, so a resumed run does not duplicate them."""
+    lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    self.lines = [line for line in lines if json.loads(line)['step'] <= step]
+    if self.write and len(self.lines) != len(lines):
+      checkpoint.write_text(os.fspath(self.path), ''.join(self.lines))
 
   def append(self, step: int, epoch: float, state: SearchState, **extra) -> None:
     """`extra`: per-epoch monitor values kept with the alphas (skip count, eigenvalue)."""
@@ -246,14 +264,25 @@ class AlphaHistory:
     record = {'step': step, 'epoch': epoch,
               **{name.removeprefix('alphas_'): np.asarray(value[...]).round(6).tolist()
                  for name, value in state.alphas.items()}, **extra}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    self.lines.append(json.dumps(record) + '\n')
+    if self.write:
+      checkpoint.write_text(os.fspath(self.path), ''.join(self.lines))
 
   def read(self) -> list[dict]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f]
+    return [json.loads(line) for line in self.lines]
+
+
+class NullWriter:
+  """The TensorBoard writer of processes other than 0."""
+
+  def add_scalar(self, *args, **kwargs):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
 
 
 def log_alpha_scalars(writer, step, weights_by_cell, primitives):
@@ -262,21 +291,46 @@ def log_alpha_scalars(writer, step, weights_by_cell, primitives):
       writer.add_scalar(f'alphas/{name}/{op}', float(w[:, k].mean()), step)
 
 
+def describe_devices(dp: sharding.DataParallel, batch_size: int) -> str:
+  processes = (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
+  return (f'batch {batch_size} over {dp.num_devices} device(s){processes}'
+          if dp.num_devices > 1 else '1 device')
+
+
+def save_via_local(save, path: str) -> None:
+  """`save(local_path)` (a writer that only knows local files), then the file to `path`."""
+  if '://' not in path:
+    save(path)
+    return
+  import tempfile
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, os.path.basename(path))
+    save(local)
+    epath.Path(path).write_text(epath.Path(local).read_text())
+
+
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs or resumes a DARTS search; returns the summary also in result.json."""
   check_config(config)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = checkpoint.resolve(workdir)
   data_dir = os.path.expanduser(config.data_dir)
+  main = sharding.is_main_process()
+  log = functools.partial(print, flush=True) if main else lambda *a, **k: None
+  dp = sharding.make(mesh_data(config))
+  local_batch = dp.local_batch_size(config.batch_size)
   checkpoint.claim_workdir(workdir, experiment_identity(config))
 
-  # ---- data
+  # ---- data: this process's rows of each global batch (all of them on one host)
   spec = data.get_spec(config.dataset)
+  shard = dict(shard_index=dp.shard_index, num_shards=dp.num_shards)
   train_ds = data.make_dataset(config.dataset, 'train', batch_size=config.batch_size,
-                               seed=config.seed, train=True, data_dir=data_dir)
+                               seed=config.seed, train=True, data_dir=data_dir, **shard)
   val_ds = data.make_dataset(config.dataset, 'val', batch_size=config.batch_size,
-                             seed=config.seed + 1, train=True, data_dir=data_dir)
+                             seed=config.seed + 1, train=True, data_dir=data_dir, **shard)
   val_eval_ds = data.make_dataset(config.dataset, 'val', batch_size=config.batch_size,
-                                  seed=None, train=False, data_dir=data_dir)
+                                  seed=None, train=False, data_dir=data_dir, **shard)
+  evaluate = functools.partial(data.evaluate, batch_size=local_batch,
+                               to_global=dp.global_batch, **shard)
   steps_per_epoch = (config.steps_per_epoch or
                      data.num_examples(config.dataset, 'train', data_dir) // config.batch_size)
   total_steps = config.epochs * steps_per_epoch
@@ -287,25 +341,27 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   weight_tx, alpha_tx, lr_schedule = build_optimizers(config, steps_per_epoch)
   graphdef, state = init_state(model, weight_tx, alpha_tx, config.seed)
   del model
+  state = dp.replicate(state)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  keep=config.keep_checkpoints)
-  restored, restored_step = ckpt.restore_latest(state)
-  history = AlphaHistory(os.path.join(workdir, 'alphas.jsonl'))
+  restored, restored_step = ckpt.restore_latest(state, dp.replicated)
+  history = AlphaHistory(os.path.join(workdir, 'alphas.jsonl'), write=main)
   if restored is not None:
     state = restored
     history.truncate_after(restored_step)
-    print(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}', flush=True)
+    log(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}')
   else:
     history.truncate_after(-1)
   start = int(state.step)
   n_weights = sum(x.size for x in jax.tree.leaves(state.weights))
   space = spaces.get(config.model.space)
-  print(f'dnas search: {config.dataset}, {space.describe(config)}, '
-        f'relaxation={config.relaxation}, '
-        f'{describe_bilevel(config)}; '
-        f'regularizers: {", ".join(r.name for r in regs.items) or "none"}; '
-        f'{n_weights:,} weights; {total_steps} steps ({config.epochs} epochs x '
-        f'{steps_per_epoch}); backend={jax.default_backend()}', flush=True)
+  log(f'dnas search: {config.dataset}, {space.describe(config)}, '
+      f'relaxation={config.relaxation}, '
+      f'{describe_bilevel(config)}; '
+      f'regularizers: {", ".join(r.name for r in regs.items) or "none"}; '
+      f'{n_weights:,} weights; {total_steps} steps ({config.epochs} epochs x '
+      f'{steps_per_epoch}); backend={jax.default_backend()}, '
+      f'{describe_devices(dp, config.batch_size)}')
 
   # ---- step
   loss_fn = bilevel.classification_loss(graphdef)
@@ -319,27 +375,33 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       train_step, regs=regs, step_kwargs=dict(
           loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx, alpha_gradient=alpha_gradient,
           weight_step_alphas=regs.weight_step_alphas if regs.has_perturbation() else None)),
-      donate_argnums=0)
-  eval_batch = make_eval_fn(graphdef)
-  eigenvalue_fn = (make_eigenvalue_fn(graphdef, regs, alpha_loss_fn, val_ds[0])
+      # State replicated, batches split on their batch axis: the data-parallel step.
+      in_shardings=(dp.replicated, dp.batch, dp.batch, dp.replicated),
+      out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
+  eval_batch = make_eval_fn(graphdef, dp)
+  eigenvalue_fn = (make_eigenvalue_fn(graphdef, regs, alpha_loss_fn,
+                                      dp.global_batch(val_ds[0]))
                    if regs.needs_eigenvalue else None)
   primitives = tuple(config.model.primitives)
   # A run that already met an early-stopping rule (e.g. rerun after it stopped) trains no more.
   stop = (regs.should_stop(history.read(), primitives)
           if start > 0 and start % steps_per_epoch == 0 else None)
   if stop is not None:
-    print(f'early stop (already met at step {start}): {stop.rule}: {stop.reason}', flush=True)
+    log(f'early stop (already met at step {start}): {stop.rule}: {stop.reason}')
 
-  writer = SummaryWriter(os.path.join(workdir, 'tb'))
+  writer = SummaryWriter(os.path.join(workdir, 'tb')) if main else NullWriter()
   val_accuracy = None
   last_saved = restored_step
   progress = tqdm.tqdm(total=total_steps, initial=start, desc='search', unit='step',
-                       dynamic_ncols=True, mininterval=2.0)
+                       dynamic_ncols=True, mininterval=2.0, **({} if main else {'disable': True}))
+  say = progress.write if main else log  # a line above the progress bar, process 0 only
+  preemption = checkpoint.Preemption()
   t_start = time.time()
   try:
     for step in range(start, total_steps if stop is None else start):
       hparams = hyperparams(config, float(lr_schedule(step)))
-      state, metrics = step_fn(state, train_ds[step], val_ds[step], hparams)
+      state, metrics = step_fn(state, dp.global_batch(train_ds[step]),
+                               dp.global_batch(val_ds[step]), hparams)
       done = step + 1
       metrics = {k: float(v) for k, v in metrics.items()}
       if not all(math.isfinite(v) for v in metrics.values()):
@@ -353,7 +415,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       progress.set_postfix(loss=f'{metrics["train_loss"]:.3f}',
                            acc=f'{metrics["train_accuracy"]:.3f}', refresh=False)
       if done == start + 1:
-        print(f'\nfirst step (compile included): {time.time() - t_start:.1f} s', flush=True)
+        log(f'\nfirst step (compile included): {time.time() - t_start:.1f} s')
       if done % config.log_every_steps == 0 or done == total_steps:
         for k, v in metrics.items():
           writer.add_scalar(f'search/{k}', v, done)
@@ -376,45 +438,55 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             'hessian_eigenvalue', v, done)
         history.append(done, epoch, state, **monitor)
         if int(round(epoch)) % config.eval_every_epochs == 0 or done == total_steps:
-          val_accuracy = data.evaluate(eval_batch, state, val_eval_ds, config.batch_size)
+          val_accuracy = evaluate(eval_batch, state, val_eval_ds)
           writer.add_scalar('search/supernet_val_accuracy', val_accuracy, done)
-          progress.write(f'epoch {epoch:.0f}: supernet val accuracy {val_accuracy:.4f}, '
+          say(f'epoch {epoch:.0f}: supernet val accuracy {val_accuracy:.4f}, '
                          f'train loss {metrics["train_loss"]:.4f}, {space.summary(geno)}'
                          + (f', eigenvalue {monitor["eigenvalue"]:.4g}'
                             if 'eigenvalue' in monitor else ''))
         stop = regs.should_stop(history.read(), primitives) if regs else None
-      if done % config.checkpoint_every_steps == 0 or done == total_steps or stop is not None:
+      # SIGTERM (preemption): save this step and stop; the same command resumes here.
+      preempted = preemption.reached(done) and done < total_steps and stop is None
+      if (done % config.checkpoint_every_steps == 0 or done == total_steps or stop is not None
+          or preempted):
         ckpt.save(done, state)
         last_saved = done
       writer.flush()
       if stop is not None:
-        progress.write(f'early stop at epoch {done / steps_per_epoch:g} (step {done}): '
+        say(f'early stop at epoch {done / steps_per_epoch:g} (step {done}): '
                        f'{stop.rule}: {stop.reason}')
         break
+      if preempted:
+        raise checkpoint.Preempted(
+            f'SIGTERM: stopped after step {done} of {total_steps} and saved its checkpoint in '
+            f'{ckpt.directory}; rerun the same command to resume')
   finally:
+    preemption.close()
     progress.close()
     writer.close()
     ckpt.close()
 
   if val_accuracy is None:  # resumed a finished run: evaluate once more for the summary
-    val_accuracy = data.evaluate(eval_batch, state, val_eval_ds, config.batch_size)
+    val_accuracy = evaluate(eval_batch, state, val_eval_ds)
   alphas, genotype_epoch = None, None
   if stop is not None and stop.genotype_epoch is not None:  # R-DARTS: an earlier epoch's
     record = next((r for r in history.read() if round(r['epoch']) == stop.genotype_epoch), None)
     if record is not None:
       alphas, genotype_epoch = (record['normal'], record['reduce']), stop.genotype_epoch
   geno = derive_genotype(config, graphdef, state, regs, alphas)
-  space.save(geno, os.path.join(workdir, 'genotype.json'))
+  genotype_path = os.path.join(workdir, 'genotype.json')
+  if main:
+    save_via_local(lambda path: space.save(geno, path), genotype_path)
   result = {'steps': int(state.step), 'supernet_val_accuracy': val_accuracy,
             'wall_seconds_this_run': round(time.time() - t_start, 1),
             'genotype': space.to_json(geno)}
   if stop is not None:
     result['early_stop'] = {'rule': stop.rule, 'reason': stop.reason, 'step': int(state.step),
                             'genotype_epoch': genotype_epoch}
-    print(f'search stopped early by {stop.rule} at step {int(state.step)} of {total_steps}'
-          + (f'; genotype from epoch {genotype_epoch}' if genotype_epoch is not None else ''))
-  with open(os.path.join(workdir, 'result.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  print(f'supernet val accuracy: {val_accuracy:.4f}')
-  print(space.report(geno, os.path.join(workdir, 'genotype.json')))
+    log(f'search stopped early by {stop.rule} at step {int(state.step)} of {total_steps}'
+        + (f'; genotype from epoch {genotype_epoch}' if genotype_epoch is not None else ''))
+  if main:
+    checkpoint.write_text(os.path.join(workdir, 'result.json'), json.dumps(result, indent=2))
+  log(f'supernet val accuracy: {val_accuracy:.4f}')
+  log(space.report(geno, genotype_path))
   return result

@@ -63,9 +63,9 @@ def resolve(arg: str) -> Arch:
   """A known DARTS name, a genotype.json path (either space) or an NB201 arch string.
   Raises GenotypeError naming the problem and what to pass instead."""
   if not arg:
-    raise GenotypeError(f'no genotype given; pass a known name ({", ".join(known_genotypes.names())}'
-                        f'), a NAS-Bench-201 arch string ({nb201_string.EXAMPLE}) or the path '
-                        'of a genotype.json')
+    raise GenotypeError(f'no genotype given; pass a known name '
+                        f'({", ".join(known_genotypes.names())}), a NAS-Bench-201 arch string '
+                        f'({nb201_string.EXAMPLE}) or the path of a genotype.json')
   arg = str(arg)
   if _looks_like_arch_string(arg):
     return Arch(nb201.SPACE, nb201_string.format(nb201_string.parse(arg)), arg)

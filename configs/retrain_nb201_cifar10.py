@@ -1,8 +1,7 @@
 """NAS-Bench-201's training recipe for CIFAR-10 (Dong & Yang, ICLR 2020, Table 1).
 
     dnas-retrain --config=configs/retrain_nb201_cifar10.py --workdir=/tmp/nb201_c10 \
-        --config.genotype='|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|' \
-        --config.data_dir=DIR_WITH_CIFAR10
+        --config.data_dir=DIR_WITH_CIFAR10   # [--config.genotype='|...|' or a genotype.json]
 
 Values from D-X-Y/AutoDL-Projects `configs/nas-benchmark/hyper-opts/200E.config` (the file
 the benchmark was trained with): 200 epochs, SGD momentum 0.9 with Nesterov, lr 0.1, cosine
@@ -25,7 +24,7 @@ def get_config():
   c.dataset = 'cifar10'
   c.train_split = 'train+val'   # all 50,000 training images (NB201's `cifar10` setting)
   c.genotype = ('|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|'
-                '+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|')  # the space's best (AutoDL-Projects#103)
+                '+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|')  # AutoDL-Projects#103: the best
   c.model.channels = 16
   c.model.cells_per_stage = 5
   c.batch_size = 256

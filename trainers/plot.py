@@ -6,8 +6,11 @@ Both functions write every requested format (PNG, SVG) and return the paths writ
   plot_genotype       the normal and reduction cells as DAGs: inputs c_{k-2}, c_{k-1} on
                       the left, the intermediate nodes, the concatenated output c_{k}; each
                       kept edge labelled (and coloured) with its op.
-  plot_alpha_history  from a search's alphas.jsonl: per cell type, one small heatmap per edge
-                      (ops x epochs) of the softmax of its alphas (or the raw alphas).
+  plot_nb201_cell     an NAS-Bench-201 cell: nodes 0 (input) to 3 (output) in a row, all 6
+                      edges labelled with their op (`none` edges dashed and faint).
+  plot_alpha_history  from a search's alphas.jsonl: per cell type (DARTS normal/reduce, the
+                      NB201 cell), one small heatmap per edge (ops x epochs) of the softmax of
+                      its alphas (or the raw alphas).
 """
 import json
 import os
@@ -15,13 +18,15 @@ from typing import Sequence
 
 import numpy as np
 
+from dnas import nb201_string
 from dnas.cells import darts
 from dnas.genotype import Genotype
 
 FORMATS = ('png', 'svg')
 _OP_COLORS = {'none': '#999999', 'max_pool_3x3': '#1f77b4', 'avg_pool_3x3': '#17becf',
               'skip_connect': '#7f7f7f', 'sep_conv_3x3': '#d62728', 'sep_conv_5x5': '#ff7f0e',
-              'dil_conv_3x3': '#2ca02c', 'dil_conv_5x5': '#9467bd'}
+              'dil_conv_3x3': '#2ca02c', 'dil_conv_5x5': '#9467bd',
+              'nor_conv_1x1': '#ff7f0e', 'nor_conv_3x3': '#d62728'}
 
 
 def _pyplot():
@@ -123,11 +128,56 @@ def plot_genotype(geno: Genotype, out_prefix: str, title: str = '',
     plt.close(fig)
 
 
+def draw_nb201_cell(ax, arch: str, title: str) -> None:
+  """An NB201 cell on a matplotlib axis: nodes 0..3 in a row; edges between neighbours
+  straight, 0 -> 2 and 0 -> 3 arcs above, 1 -> 3 an arc below."""
+  ops = nb201_string.parse(arch)
+  pos = {n: (2.6 * n, 0.0) for n in range(nb201_string.NUM_NODES)}
+  for e, (target, source) in enumerate(nb201_string.EDGES):
+    span = target - source
+    rad = (0.0 if span == 1 else 0.4 if (source, target) == (1, 3)
+           else -0.4 if span == 2 else -0.5)
+    none = ops[e] == 'none'
+    _edge(ax, pos[source], pos[target], rad, '#bbbbbb' if none else _OP_COLORS.get(ops[e], 'black'),
+          ops[e], lw=1.0 if none else 1.6, style='--' if none else '-')
+  last = nb201_string.NUM_NODES - 1
+  for node, (x, y) in pos.items():
+    face = '#a6d96a' if node == 0 else '#fdae61' if node == last else '#abd9e9'
+    ax.text(x, y, str(node), ha='center', va='center', fontsize=10,
+            bbox=dict(boxstyle='circle,pad=0.35', fc=face, ec='black', lw=0.8))
+  ax.text(pos[0][0], -0.55, 'input', ha='center', va='top', fontsize=7)
+  ax.text(pos[last][0], -0.55, 'output', ha='center', va='top', fontsize=7)
+  ax.set_xlim(-0.8, pos[last][0] + 0.8)
+  ax.set_ylim(-1.6, 2.4)
+  ax.set_aspect('equal')
+  ax.set_title(title, fontsize=9)
+  ax.axis('off')
+
+
+def plot_nb201_cell(arch: str, out_prefix: str, title: str = '',
+                    formats: Sequence[str] = FORMATS) -> list[str]:
+  """The NB201 cell of an arch string; writes out_prefix.{png,svg}."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(9, 4.2))
+  draw_nb201_cell(ax, arch, title or arch)
+  try:
+    return _save(fig, out_prefix, formats)
+  finally:
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- alpha history
 
 
+def _cell_keys(record: dict) -> list[str]:
+  """The alpha matrices (edges x ops) of a record: DARTS normal/reduce, NB201 alphas."""
+  return [k for k, v in record.items()
+          if isinstance(v, list) and v and all(isinstance(row, list) and row for row in v)]
+
+
 def read_alpha_history(path: str) -> list[dict]:
-  """The records of a search's alphas.jsonl ({step, epoch, normal, reduce}), in order."""
+  """The records of a search's alphas.jsonl ({step, epoch, normal, reduce} for DARTS,
+  {step, epoch, alphas} for NB201), in order."""
   try:
     with open(path) as f:
       records = [json.loads(line) for line in f if line.strip()]
@@ -136,9 +186,10 @@ def read_alpha_history(path: str) -> list[dict]:
                             '<workdir>/alphas.jsonl') from None
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not an alpha history (JSON lines): {e}') from None
-  if not records or not all({'epoch', 'normal', 'reduce'} <= set(r) for r in records):
-    raise ValueError(f'{path} holds no alpha records ({{step, epoch, normal, reduce}} per line); '
-                     'it is written by dnas-search as <workdir>/alphas.jsonl')
+  if not records or not all('epoch' in r and _cell_keys(r) for r in records):
+    raise ValueError(f'{path} holds no alpha records ({{step, epoch, normal, reduce}} or '
+                     '{step, epoch, alphas} per line); it is written by dnas-search as '
+                     '<workdir>/alphas.jsonl')
   return records
 
 
@@ -153,6 +204,8 @@ def _primitives_for(path: str, num_ops: int) -> tuple[str, ...]:
       return tuple(ops)
   if num_ops == len(darts.PRIMITIVES):
     return darts.PRIMITIVES
+  if num_ops == len(nb201_string.OPS):
+    return nb201_string.OPS
   return tuple(f'op {i}' for i in range(num_ops))
 
 
@@ -161,8 +214,11 @@ def _softmax(x, axis=-1):
   return e / e.sum(axis=axis, keepdims=True)
 
 
-def _edge_names(num_edges: int) -> list[str]:
-  """Reference edge order: node 0's inputs, then node 1's, ... ('k-2 -> n0', ...)."""
+def _edge_names(num_edges: int, nb201: bool = False) -> list[str]:
+  """Reference edge order: node 0's inputs, then node 1's, ... ('k-2 -> n0', ...); NB201's
+  edges '0 -> 1', '0 -> 2', '1 -> 2', ..."""
+  if nb201:
+    return [f'{j} -> {i}' for i, j in nb201_string.EDGES][:num_edges]
   names, node = [], 0
   while len(names) < num_edges:
     for src in range(2 + node):
@@ -178,21 +234,24 @@ def plot_alpha_history(path: str, out_prefix: str, raw: bool = False,
   records = read_alpha_history(path)
   epochs = np.asarray([r['epoch'] for r in records], float)
   plt = _pyplot()
-  cells = {name: np.asarray([r[name] for r in records], float) for name in ('normal', 'reduce')}
-  num_edges, num_ops = cells['normal'].shape[1:]
+  keys = _cell_keys(records[0])
+  cells = {('cell' if k == 'alphas' else k): np.asarray([r[k] for r in records], float)
+           for k in keys}
+  num_edges, num_ops = next(iter(cells.values())).shape[1:]
   ops = _primitives_for(path, num_ops)
   cols = 7
   rows_per_cell = -(-num_edges // cols)
-  fig, axes = plt.subplots(2 * rows_per_cell, cols, squeeze=False, constrained_layout=True,
-                           figsize=(2.1 * cols, 1.7 * 2 * rows_per_cell + 0.8))
+  fig, axes = plt.subplots(len(cells) * rows_per_cell, cols, squeeze=False,
+                           constrained_layout=True,
+                           figsize=(2.1 * cols, 1.7 * len(cells) * rows_per_cell + 0.8))
   values = {k: (v if raw else _softmax(v)) for k, v in cells.items()}
   # One colour scale over every panel, spanning the data: early in a search all weights sit
   # near 1/num_ops, and a 0..1 scale would show nothing.
   vmin = min(v.min() for v in values.values())
   vmax = max(v.max() for v in values.values())
-  names = _edge_names(num_edges)
+  names = _edge_names(num_edges, nb201=list(cells) == ['cell'])
   image = None
-  for c, cell in enumerate(('normal', 'reduce')):
+  for c, cell in enumerate(cells):
     for e in range(rows_per_cell * cols):
       ax = axes[c * rows_per_cell + e // cols, e % cols]
       if e >= num_edges:

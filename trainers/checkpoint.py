@@ -56,6 +56,18 @@ def write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def save_via_local(save, path: str) -> None:
+  """`save(local_path)` (a writer that knows only local files), then that file to `path`."""
+  if '://' not in path:
+    save(path)
+    return
+  import tempfile
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, os.path.basename(path))
+    save(local)
+    epath.Path(path).write_bytes(epath.Path(local).read_bytes())
+
+
 def claim_workdir(workdir: str, identity: dict) -> None:
   """Records which experiment owns `workdir`, or refuses if another one does. Every process
   checks; process 0 writes (others may or may not see its file yet: the same either way)."""

@@ -25,7 +25,7 @@ from tensorboardX import SummaryWriter
 
 from dnas import bilevel, genotype as genotype_lib, nb201_string
 from dnas.cells import known_genotypes, standalone
-from dnas.trainers import checkpoint, data
+from dnas.trainers import checkpoint, data, sharding
 
 DEFAULT_SEARCH_CMD = 'dnas-search --config=configs/default.py --workdir=/tmp/dnas_default'
 NB201_SEARCH_CMD = 'dnas-search --config=configs/nb201_default.py --workdir=/tmp/dnas_nb201'
@@ -188,8 +188,11 @@ def train_step(state: RetrainState, batch, lr, drop_prob, *, graphdef, tx, aux_w
 # -------------------------------------------------------------------------------------- eval
 
 
-def make_eval_fn(graphdef):
-  @jax.jit
+def make_eval_fn(graphdef, dp: sharding.DataParallel | None = None):
+  shardings = ({} if dp is None else
+               dict(in_shardings=(dp.replicated, dp.batch, dp.batch), out_shardings=dp.replicated))
+
+  @functools.partial(jax.jit, **shardings)
   def eval_batch(state: RetrainState, batch, mask):
     model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
     logits, _ = model(batch['image'], train=False)
@@ -205,18 +208,26 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   geno = resolve_genotype(config.genotype, config.model.network)
   standalone.check_network(geno, config.model.network)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = checkpoint.resolve(workdir)
   data_dir = os.path.expanduser(config.data_dir)
+  main = sharding.is_main_process()  # every process computes; process 0 logs and writes
+  log = functools.partial(print, flush=True) if main else lambda *a, **k: None
+  dp = sharding.make(int(config.get('mesh', {}).get('data', -1)))
+  local_batch = dp.local_batch_size(config.batch_size)
   checkpoint.claim_workdir(workdir, experiment_identity(config, geno))
-  geno.save(os.path.join(workdir, 'genotype.json'))
+  if main:
+    checkpoint.save_via_local(geno.save, os.path.join(workdir, 'genotype.json'))
 
-  # ---- data
+  # ---- data: this process's rows of each global batch (all of them on one host)
   spec = data.get_spec(config.dataset)
+  shard = dict(shard_index=dp.shard_index, num_shards=dp.num_shards)
   train_ds = data.make_dataset(config.dataset, config.train_split, batch_size=config.batch_size,
                                seed=config.seed, train=True, data_dir=data_dir,
-                               cutout_length=config.cutout_length)
+                               cutout_length=config.cutout_length, **shard)
   test_ds = data.make_dataset(config.dataset, config.test_split, batch_size=config.batch_size,
-                              seed=None, train=False, data_dir=data_dir)
+                              seed=None, train=False, data_dir=data_dir, **shard)
+  evaluate = functools.partial(data.evaluate, batch_size=local_batch,
+                               to_global=dp.global_batch, **shard)
   steps_per_epoch = (config.steps_per_epoch or
                      data.num_examples(config.dataset, config.train_split, data_dir)
                      // config.batch_size)
@@ -231,32 +242,40 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = make_optimizer(config.optim)
   graphdef, state = init_state(model, tx, config.seed)
   del model
+  state = dp.replicate(state)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  keep=config.keep_checkpoints)
-  restored, restored_step = ckpt.restore_latest(state)
+  restored, restored_step = ckpt.restore_latest(state, dp.replicated)
   if restored is not None:
     state = restored
-    print(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}', flush=True)
+    log(f'Resumed from the checkpoint at step {restored_step} in {ckpt.directory}')
   start = int(state.step)
-  print(f'dnas retrain: {config.dataset} ({config.train_split} -> {config.test_split}), '
-        f'{describe_model(config)}, {n_params:,} parameters '
-        f'(without the auxiliary head); {total_steps} steps ({config.epochs} epochs x '
-        f'{steps_per_epoch}); backend={jax.default_backend()}', flush=True)
+  log(f'dnas retrain: {config.dataset} ({config.train_split} -> {config.test_split}), '
+      f'{describe_model(config)}, {n_params:,} parameters '
+      f'(without the auxiliary head); {total_steps} steps ({config.epochs} epochs x '
+      f'{steps_per_epoch}); backend={jax.default_backend()}, '
+      f'{dp.describe(config.batch_size)}')
 
-  # ---- step
+  # ---- step: state replicated, the batch split on its batch axis
   step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
-                                      aux_weight=config.aux_weight), donate_argnums=0)
-  eval_batch = make_eval_fn(graphdef)
+                                      aux_weight=config.aux_weight),
+                    in_shardings=(dp.replicated, dp.batch, dp.replicated, dp.replicated),
+                    out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
+  eval_batch = make_eval_fn(graphdef, dp)
 
-  writer = SummaryWriter(os.path.join(workdir, 'tb'))
+  writer = SummaryWriter(os.path.join(workdir, 'tb')) if main else sharding.NullWriter()
   test_accuracy = None
   last_saved = restored_step
   progress = tqdm.tqdm(total=total_steps, initial=start, desc='retrain', unit='step',
-                       dynamic_ncols=True, mininterval=2.0)
+                       dynamic_ncols=True, mininterval=2.0, **({} if main else {'disable': True}))
+  say = progress.write if main else log
+  preemption = checkpoint.Preemption()
   t_start = time.time()
   try:
     for step in range(start, total_steps):
-      state, metrics = step_fn(state, train_ds[step], lr(step), drop_prob(step))
+      # Host scalars (numpy): the same on every process, whatever the device layout.
+      state, metrics = step_fn(state, dp.global_batch(train_ds[step]), np.asarray(lr(step)),
+                               np.asarray(drop_prob(step)))
       done = step + 1
       metrics = {k: float(v) for k, v in metrics.items()}
       if not all(math.isfinite(v) for v in metrics.values()):
@@ -270,7 +289,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       progress.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["accuracy"]:.3f}',
                            refresh=False)
       if done == start + 1:
-        print(f'\nfirst step (compile included): {time.time() - t_start:.1f} s', flush=True)
+        log(f'\nfirst step (compile included): {time.time() - t_start:.1f} s')
       if done % config.log_every_steps == 0 or done == total_steps:
         for k, v in metrics.items():
           writer.add_scalar(f'train/{k}', v, done)
@@ -278,28 +297,34 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if done % steps_per_epoch == 0 or done == total_steps:
         epoch = done / steps_per_epoch
         if int(round(epoch)) % config.eval_every_epochs == 0 or done == total_steps:
-          test_accuracy = data.evaluate(eval_batch, state, test_ds, config.batch_size)
+          test_accuracy = evaluate(eval_batch, state, test_ds)
           writer.add_scalar('test/accuracy', test_accuracy, done)
-          progress.write(f'epoch {epoch:.0f}: test accuracy {test_accuracy:.4f}, '
-                         f'train loss {metrics["main_loss"]:.4f}')
-      if done % config.checkpoint_every_steps == 0 or done == total_steps:
+          say(f'epoch {epoch:.0f}: test accuracy {test_accuracy:.4f}, '
+              f'train loss {metrics["main_loss"]:.4f}')
+      # SIGTERM (preemption): save this step and stop; the same command resumes here.
+      preempted = preemption.reached(done) and done < total_steps
+      if done % config.checkpoint_every_steps == 0 or done == total_steps or preempted:
         ckpt.save(done, state)
         last_saved = done
       writer.flush()
+      if preempted:
+        raise checkpoint.Preempted(
+            f'SIGTERM: stopped after step {done} of {total_steps} and saved its checkpoint in '
+            f'{ckpt.directory}; rerun the same command to resume')
   finally:
+    preemption.close()
     progress.close()
     writer.close()
     ckpt.close()
 
   if test_accuracy is None:  # resumed a finished run: evaluate once more for the summary
-    test_accuracy = data.evaluate(eval_batch, state, test_ds, config.batch_size)
+    test_accuracy = evaluate(eval_batch, state, test_ds)
   result = {'test_accuracy': test_accuracy, 'steps': total_steps, 'epochs': config.epochs,
             'params': n_params, 'dataset': config.dataset, 'test_split': config.test_split,
             'genotype_arg': config.genotype, 'genotype': geno.to_json(),
             'wall_seconds_this_run': round(time.time() - t_start, 1)}
-  with open(os.path.join(workdir, 'result.json.tmp'), 'w') as f:
-    json.dump(result, f, indent=2)
-  os.replace(os.path.join(workdir, 'result.json.tmp'), os.path.join(workdir, 'result.json'))
-  print(f'test accuracy: {test_accuracy:.4f} ({config.test_split} split, '
-        f'{result["wall_seconds_this_run"]:.0f} s)')
+  if main:
+    checkpoint.write_text(os.path.join(workdir, 'result.json'), json.dumps(result, indent=2))
+  log(f'test accuracy: {test_accuracy:.4f} ({config.test_split} split, '
+      f'{result["wall_seconds_this_run"]:.0f} s)')
   return result

@@ -272,41 +272,10 @@ class AlphaHistory:
     return [json.loads(line) for line in self.lines]
 
 
-class NullWriter:
-  """The TensorBoard writer of processes other than 0."""
-
-  def add_scalar(self, *args, **kwargs):
-    pass
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
-
-
 def log_alpha_scalars(writer, step, weights_by_cell, primitives):
   for name, w in weights_by_cell.items():
     for k, op in enumerate(primitives):
       writer.add_scalar(f'alphas/{name}/{op}', float(w[:, k].mean()), step)
-
-
-def describe_devices(dp: sharding.DataParallel, batch_size: int) -> str:
-  processes = (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
-  return (f'batch {batch_size} over {dp.num_devices} device(s){processes}'
-          if dp.num_devices > 1 else '1 device')
-
-
-def save_via_local(save, path: str) -> None:
-  """`save(local_path)` (a writer that only knows local files), then the file to `path`."""
-  if '://' not in path:
-    save(path)
-    return
-  import tempfile
-  with tempfile.TemporaryDirectory() as tmp:
-    local = os.path.join(tmp, os.path.basename(path))
-    save(local)
-    epath.Path(path).write_text(epath.Path(local).read_text())
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -361,7 +330,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'regularizers: {", ".join(r.name for r in regs.items) or "none"}; '
       f'{n_weights:,} weights; {total_steps} steps ({config.epochs} epochs x '
       f'{steps_per_epoch}); backend={jax.default_backend()}, '
-      f'{describe_devices(dp, config.batch_size)}')
+      f'{dp.describe(config.batch_size)}')
 
   # ---- step
   loss_fn = bilevel.classification_loss(graphdef)
@@ -389,7 +358,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if stop is not None:
     log(f'early stop (already met at step {start}): {stop.rule}: {stop.reason}')
 
-  writer = SummaryWriter(os.path.join(workdir, 'tb')) if main else NullWriter()
+  writer = SummaryWriter(os.path.join(workdir, 'tb')) if main else sharding.NullWriter()
   val_accuracy = None
   last_saved = restored_step
   progress = tqdm.tqdm(total=total_steps, initial=start, desc='search', unit='step',
@@ -441,9 +410,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
           val_accuracy = evaluate(eval_batch, state, val_eval_ds)
           writer.add_scalar('search/supernet_val_accuracy', val_accuracy, done)
           say(f'epoch {epoch:.0f}: supernet val accuracy {val_accuracy:.4f}, '
-                         f'train loss {metrics["train_loss"]:.4f}, {space.summary(geno)}'
-                         + (f', eigenvalue {monitor["eigenvalue"]:.4g}'
-                            if 'eigenvalue' in monitor else ''))
+              f'train loss {metrics["train_loss"]:.4f}, {space.summary(geno)}'
+              + (f', eigenvalue {monitor["eigenvalue"]:.4g}'
+                 if 'eigenvalue' in monitor else ''))
         stop = regs.should_stop(history.read(), primitives) if regs else None
       # SIGTERM (preemption): save this step and stop; the same command resumes here.
       preempted = preemption.reached(done) and done < total_steps and stop is None
@@ -454,7 +423,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.flush()
       if stop is not None:
         say(f'early stop at epoch {done / steps_per_epoch:g} (step {done}): '
-                       f'{stop.rule}: {stop.reason}')
+            f'{stop.rule}: {stop.reason}')
         break
       if preempted:
         raise checkpoint.Preempted(
@@ -476,7 +445,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   geno = derive_genotype(config, graphdef, state, regs, alphas)
   genotype_path = os.path.join(workdir, 'genotype.json')
   if main:
-    save_via_local(lambda path: space.save(geno, path), genotype_path)
+    checkpoint.save_via_local(lambda path: space.save(geno, path), genotype_path)
   result = {'steps': int(state.step), 'supernet_val_accuracy': val_accuracy,
             'wall_seconds_this_run': round(time.time() - t_start, 1),
             'genotype': space.to_json(geno)}

@@ -90,6 +90,13 @@ class DataParallel:
                        f'config.{field} or set config.mesh.data to a divisor of it')
     return global_batch_size // self.num_shards
 
+  def describe(self, batch_size: int) -> str:
+    """For the run's first line: '1 device' or 'batch B over N device(s)[ in P processes]'."""
+    if self.num_devices == 1:
+      return '1 device'
+    processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
+    return f'batch {batch_size} over {self.num_devices} devices{processes}'
+
   def replicate(self, tree):
     """The state on every device (committed to the replicated sharding)."""
     return jax.device_put(tree, self.replicated)
@@ -101,6 +108,19 @@ class DataParallel:
       return jax.make_array_from_process_local_data(
           self.batch, x, (x.shape[0] * self.num_shards,) + x.shape[1:])
     return jax.tree.map(one, local_batch)
+
+
+class NullWriter:
+  """The TensorBoard writer of processes other than 0: they compute, process 0 logs."""
+
+  def add_scalar(self, *args, **kwargs):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
 
 
 def make(data: int = -1) -> DataParallel:

@@ -117,3 +117,79 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path):
   assert proc.returncode == 1
   assert "pip install 'dnas[plot]'" in proc.stderr and 'Traceback' not in proc.stderr
   assert not os.listdir(tmp_path)
+
+
+# ------------------------------------------------------------------------------- NB201
+
+NB201_ARCH = ('|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|'
+              '+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|')
+
+
+def test_bench_nb201_arch_string_and_genotype_json(tmp_path):
+  """An arch string and an nb201 search's genotype.json, tiny (C=4, N=1, 16x16)."""
+  from dnas import nb201_string
+  path = tmp_path / 'nb201_search' / 'genotype.json'
+  path.parent.mkdir()
+  other = '|nor_conv_1x1~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|'
+  nb201_string.save(other, path)
+  proc = _run('bench', f'--genotype={NB201_ARCH}', f'--genotype={path}', '--channels=4',
+              '--layers=1', '--image_size=16', '--batch=4', '--repeats=3', '--noisolate')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  results = json.loads(lines[-1])
+  assert [r['genotype'] for r in results] == [NB201_ARCH, str(path)]
+  # Hand counts at C=4, N=1, 3 input channels, 10 classes. Macro: stem 108 + 8 = 116,
+  # reductions 4->8: 288+16+576+16+32 = 928 and 8->16: 1152+32+2304+32+128 = 3,648, BN 32,
+  # classifier 170: 4,894. Cells: 3x3 edge 9c^2 + 2c, 1x1 edge c^2 + 2c, at c = 4, 8, 16.
+  conv3 = sum(9 * c * c + 2 * c for c in (4, 8, 16))
+  conv1 = sum(c * c + 2 * c for c in (4, 8, 16))
+  assert [r['params'] for r in results] == [4894 + 5 * conv3, 4894 + 2 * conv1]
+  # NAS-Bench-201's count, every tap: stem 16*16*27*4 = 27,648; reductions 8*8*9*4*8 +
+  # 8*8*9*8*8 + 8*8*4*8 = 57,344 and 4*4*9*8*16 + 4*4*9*16*16 + 4*4*8*16 = 57,344; classifier
+  # 160 + 10. A 3x3 edge: 16*16*9*16 = 36,864 in each stage; a 1x1 edge 4,096.
+  macro = 27648 + 57344 + 57344 + 170
+  assert [r['macs_paper'] for r in results] == [macro + 3 * 5 * 36864, macro + 3 * 2 * 4096]
+  for r in results:
+    assert r['network'] == 'nb201' and r['space'] == 'nb201' and r['layers'] == 1
+    assert r['conv_forms_used'] == ['dense']
+    assert 1.0 < r['flops_xla'] / r['flops_analytic'] < 1.5
+    assert 0 < r['latency_ms_median'] <= r['latency_ms_p90'] and r['throughput_img_s'] > 0
+  assert any(line.startswith('network') and line.count('nb201 C=4 N=1 16px') == 2
+             for line in lines)
+
+
+def test_bench_darts_genotype_on_the_nb201_network_is_one_clear_error():
+  proc = _run('bench', '--genotype=DARTS_V2', '--network=nb201')
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "dnas-bench: error: network 'nb201' cannot be built from the darts genotype DARTS_V2: a "
+      'darts genotype builds cifar or imagenet')
+
+
+def test_plot_nb201_cell_and_alpha_history(tmp_path):
+  """An arch string and an nb201 search's outputs (genotype.json, alphas.jsonl)."""
+  from dnas import nb201_string
+  workdir = tmp_path / 'nb201_run'
+  workdir.mkdir()
+  nb201_string.save('|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|'
+                    'nor_conv_3x3~2|', workdir / 'genotype.json')
+  rng = np.random.default_rng(0)
+  with open(workdir / 'alphas.jsonl', 'w') as f:
+    for e in (1, 2, 3):
+      f.write(json.dumps({'step': e, 'epoch': float(e),
+                          'alphas': (rng.standard_normal((6, 5)) * e).tolist()}) + '\n')
+  out = tmp_path / 'plots'
+  proc = _run('plot', f'--genotype={NB201_ARCH}', f'--genotype={workdir / "genotype.json"}',
+              f'--alphas={workdir / "alphas.jsonl"}', f'--out_dir={out}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  written = proc.stdout.split()
+  assert sorted(os.path.basename(p) for p in written) == [
+      'alphas_nb201_run.png', 'alphas_nb201_run.svg', 'cells_nb201_c3_c3_c3_skip_c3_c3.png',
+      'cells_nb201_c3_c3_c3_skip_c3_c3.svg', 'cells_nb201_run.png', 'cells_nb201_run.svg']
+  for p in written:
+    assert os.path.getsize(p) > 10_000
+    (_check_png if p.endswith('.png') else _check_svg)(p)
+  # Every edge is drawn with its op: the 6 labels of the cell, `none` ones included.
+  svg = open(out / 'cells_nb201_run.svg').read()
+  for op, count in (('nor_conv_3x3', 3), ('none', 2), ('avg_pool_3x3', 1)):
+    assert svg.count(f'<!-- {op} -->') == count, op

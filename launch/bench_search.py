@@ -1,10 +1,12 @@
-"""Search-step benchmark: compile and step time of the DARTS supernet on synthetic batches.
+"""Search-step benchmark: compile and step time of a supernet on synthetic batches.
 
     python -m dnas.launch.bench_search --layers=5 --channels=8 --batch=32    # small
     python -m dnas.launch.bench_search                                       # paper: 8, 16, 64
     python -m dnas.launch.bench_search --partial_channels=4 --edge_normalization --batch=256
                                                           # PC-DARTS' paper settings (K=4)
     python -m dnas.launch.bench_search --order=2 --hvp=exact                 # second order
+    python -m dnas.launch.bench_search --space=nb201 --channels=8 --cells_per_stage=1
+                                              # NB201 supernet at configs/nb201_default.py's size
 
 Prints one JSON line: lower / compile / first-step seconds, median steady step seconds, peak
 RSS, parameter count (weights only: the reference's count_parameters convention), backend.
@@ -17,7 +19,9 @@ import time
 
 from absl import app, flags
 
-_LAYERS = flags.DEFINE_integer('layers', 8, 'Cells in the search network.')
+_SPACE = flags.DEFINE_enum('space', 'darts', ['darts', 'nb201'], 'Search space (supernet).')
+_LAYERS = flags.DEFINE_integer('layers', 8, 'Cells in the DARTS search network.')
+_CELLS_PER_STAGE = flags.DEFINE_integer('cells_per_stage', 5, 'NB201: cells per stage N.')
 _CHANNELS = flags.DEFINE_integer('channels', 16, 'Initial channels C.')
 _BATCH = flags.DEFINE_integer('batch', 64, 'Batch size (train and val batches each).')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the first one.')
@@ -44,13 +48,18 @@ def main(argv):
   from flax import nnx
 
   from dnas import arch, bilevel
-  from dnas.cells import darts
+  from dnas.cells import darts, nb201
   from dnas.state import SearchState
   pcdarts = dict(partial_channels=_PC.value, edge_normalization=_EDGE_NORM.value)
 
-  model = darts.SearchNetwork(num_classes=10, in_channels=3, channels=_CHANNELS.value,
-                              layers=_LAYERS.value, conv_form=_FORM.value,
-                              **pcdarts, rngs=nnx.Rngs(_SEED.value))
+  if _SPACE.value == 'nb201':  # cell BNs with batch statistics, as configs/nb201_default.py
+    model = nb201.SearchNetwork(num_classes=10, in_channels=3, channels=_CHANNELS.value,
+                                cells_per_stage=_CELLS_PER_STAGE.value,
+                                **pcdarts, rngs=nnx.Rngs(_SEED.value))
+  else:
+    model = darts.SearchNetwork(num_classes=10, in_channels=3, channels=_CHANNELS.value,
+                                layers=_LAYERS.value, conv_form=_FORM.value,
+                                **pcdarts, rngs=nnx.Rngs(_SEED.value))
   weight_tx = bilevel.weight_optimizer(learning_rate=0.025)
   alpha_tx = bilevel.alpha_optimizer()
   graphdef, alphas, batch_stats, weights = arch.split(model)
@@ -95,7 +104,10 @@ def main(argv):
       jax.profiler.stop_trace()
   rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print(json.dumps({
-      'layers': _LAYERS.value, 'C': _CHANNELS.value, 'batch': _BATCH.value, 'order': _ORDER.value,
+      'space': _SPACE.value,
+      'layers': _LAYERS.value if _SPACE.value == 'darts' else None,
+      'cells_per_stage': _CELLS_PER_STAGE.value if _SPACE.value == 'nb201' else None,
+      'C': _CHANNELS.value, 'batch': _BATCH.value, 'order': _ORDER.value,
       'hvp': _HVP.value if _ORDER.value == 2 else None,
       'conv_form': _FORM.value, **pcdarts, 'backend': jax.default_backend(),
       'device': jax.devices()[0].device_kind, 'params': int(params),

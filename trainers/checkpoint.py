@@ -2,7 +2,8 @@
 
 * The same command on the same workdir resumes from the newest readable checkpoint.
 * A checkpoint that cannot be read (corrupt, partial) is skipped with a warning in favour of
-  the previous one; nothing is deleted.
+  the previous one and renamed '<step>.unreadable' (so the resumed run can write that step
+  again); nothing is deleted.
 * A workdir that holds another experiment (different data, model, relaxation, seed or batch
   size) is refused with a message naming the differing fields, before anything is written.
 * SIGTERM (a preemption notice, `kill`, a scheduler's stop) ends the run at the next step
@@ -107,21 +108,46 @@ class Checkpointer:
     if sharding is not None:
       abstract = jax.tree.map(
           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    unreadable = []
+    try:
+      for step in sorted(self.manager.all_steps(), reverse=True):
+        try:
+          state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: try an older one
+          logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
+                          step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+          if jax.process_index() == 0:
+            print(f'WARNING: checkpoint {step} in {self.directory} is unreadable '
+                  f'({type(e).__name__}); falling back to an older one', flush=True)
+          unreadable.append(step)
+          continue
         if sharding is not None:
           return state, step
         # orbax returns device-committed arrays, whose sharding annotations change the
         # lowered step and miss the persistent compilation cache; uncommitted copies (like a
         # fresh state's) let a resumed run reuse the step compiled before the interruption.
         return jax.tree.map(lambda r: jax.device_put(np.asarray(r)), state), step
-      except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: try an older one
-        logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying an older one',
-                        step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-        print(f'WARNING: checkpoint {step} in {self.directory} is unreadable '
-              f'({type(e).__name__}); falling back to an older one', flush=True)
-    return None, None
+      return None, None
+    finally:
+      if unreadable:
+        self._set_aside(unreadable)
+
+  def _set_aside(self, steps) -> None:
+    """Renames unreadable steps to '<step>.unreadable' (kept for a post-mortem, invisible to
+    orbax), so the resumed run can save those steps again."""
+    if jax.process_index() == 0:
+      for step in steps:
+        path = epath.Path(self.directory) / str(step)
+        aside = path.with_name(f'{step}.unreadable')
+        n = 1
+        while aside.exists():
+          aside, n = path.with_name(f'{step}.unreadable.{n}'), n + 1
+        path.rename(aside)
+        print(f'WARNING: moved the unreadable checkpoint {step} to {aside}', flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('dnas_checkpoints_set_aside')
+    self.manager.reload()
 
   def save(self, step: int, state: Any) -> None:
     """Saves now (asynchronously); the caller decides when (every N steps and at the end)."""

@@ -27,7 +27,14 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
   assert step == 1
   np.testing.assert_array_equal(state['w'], np.full((3, 4), 1.0))
   assert 'checkpoint 2' in capsys.readouterr().out
-  assert os.path.isdir(tmp_path / 'ckpt' / '2')  # nothing deleted
+  assert os.path.isdir(tmp_path / 'ckpt' / '2.unreadable')  # set aside, nothing deleted
+  # The resumed run reaches step 2 again and can save it (orbax refuses an existing step).
+  ckpt.save(2, _state(22.0))
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), keep=3)
+  state, step = ckpt.restore_latest(_state(0.0))
+  assert step == 2
+  np.testing.assert_array_equal(state['w'], np.full((3, 4), 22.0))
 
 
 def test_empty_directory_restores_nothing(tmp_path):

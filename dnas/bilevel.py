@@ -16,14 +16,13 @@ batches never leak into the BN state that evaluation uses.
 is supplied by the search space; nothing here knows about cells or ops.
 """
 import dataclasses
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from dnas import kernel_grads, unrolled
+from dnas import passes, unrolled
 from dnas.state import SearchState
 
 LossFn = Callable
@@ -71,6 +70,29 @@ class FirstOrder:
         loss_fn=with_alpha_term(self.loss_fn, self.alpha_loss_term))
 
 
+@dataclasses.dataclass(frozen=True)
+class Unrolled:
+  """DARTS' second-order architecture gradient (dnas/unrolled.py). With finite differences,
+  `search_step` runs its five passes as iterations of one compiled gradient
+  (`_unrolled_passes`); called directly it is `unrolled.alpha_gradient`."""
+  loss_fn: LossFn
+  alpha_loss_term: Callable | None
+  xi: float | Callable
+  momentum: float
+  weight_decay: float
+  hvp: str
+  fd_radius: float
+
+  def __call__(self, state: SearchState, train_batch, val_batch, key):
+    # The term depends on the alphas only, so adding it to both losses of the unrolled
+    # gradient changes only the val part.
+    return unrolled.alpha_gradient(
+        state, train_batch, val_batch, key,
+        loss_fn=with_alpha_term(self.loss_fn, self.alpha_loss_term), xi=self.xi,
+        momentum=self.momentum, weight_decay=self.weight_decay, hvp=self.hvp,
+        fd_radius=self.fd_radius)
+
+
 def alpha_gradient_fn(order: int, *, loss_fn: LossFn, alpha_loss_term: Callable | None = None,
                       hvp: str | None = None, xi: float | Callable | None = None,
                       momentum: float = 0.9, weight_decay: float = 3e-4,
@@ -88,13 +110,9 @@ def alpha_gradient_fn(order: int, *, loss_fn: LossFn, alpha_loss_term: Callable 
     if xi is None:
       raise ValueError('second order needs xi, the virtual step size (the weight lr schedule '
                        'in the paper)')
-    # The term depends on the alphas only, so adding it to both losses of the unrolled
-    # gradient changes only the val part.
-    return functools.partial(unrolled.alpha_gradient,
-                             loss_fn=with_alpha_term(loss_fn, alpha_loss_term), xi=xi,
-                             momentum=momentum, weight_decay=weight_decay,
-                             hvp=unrolled.check_hvp(hvp or 'finite_difference'),
-                             fd_radius=fd_radius)
+    return Unrolled(loss_fn, alpha_loss_term, xi=xi, momentum=momentum,
+                    weight_decay=weight_decay, hvp=unrolled.check_hvp(hvp or 'finite_difference'),
+                    fd_radius=fd_radius)
   raise ValueError(f'bilevel.order must be 1 (first order) or 2 (unrolled), got {order!r}')
 
 
@@ -105,8 +123,9 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
   """One DARTS step: architecture step, then weight step at the new alphas.
 
   `alpha_gradient` (from `alpha_gradient_fn`) picks first or second order; default first
-  order on `loss_fn`. First order without `weight_step_alphas`, with train and val batches
-  of one shape, runs both halves as two passes of one compiled gradient (`_shared_passes`).
+  order on `loss_fn`. Without `weight_step_alphas`, with train and val batches of one shape,
+  first order and finite-difference second order run all their gradient passes as
+  iterations of one compiled gradient (dnas/passes.py).
   `weight_step_alphas(alphas, *, key, step, loss_fn) -> alphas` (optional, e.g. SDARTS'
   perturbations, dnas/regularizers) gives the alphas the weight step trains at; `loss_fn`
   there is the train loss at the current weights as a function of the alphas. The state
@@ -117,12 +136,19 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
   rng, key_alpha, key_weight = jax.random.split(state.rng, 3)
 
   same_shapes = (jax.tree.map(jnp.shape, train_batch) == jax.tree.map(jnp.shape, val_batch))
-  if isinstance(alpha_gradient, FirstOrder) and weight_step_alphas is None and same_shapes:
+  shareable = weight_step_alphas is None and same_shapes
+  if shareable and isinstance(alpha_gradient, FirstOrder):
     alphas, alpha_opt_state, alpha_grads, (val_loss, val_logits), (
-        train_loss, train_logits, batch_stats, weight_grads) = _shared_passes(
+        train_loss, train_logits, batch_stats, weight_grads) = _first_order_passes(
             state, train_batch, val_batch, key_alpha, key_weight, loss_fn=loss_fn,
             alpha_loss_term=alpha_gradient.alpha_loss_term, alpha_tx=alpha_tx)
     extra = {}
+  elif (shareable and isinstance(alpha_gradient, Unrolled)
+        and alpha_gradient.hvp == 'finite_difference'):
+    alphas, alpha_opt_state, alpha_grads, (val_loss, val_logits), (
+        train_loss, train_logits, batch_stats, weight_grads), extra = _unrolled_passes(
+            state, train_batch, val_batch, key_alpha, key_weight, loss_fn=loss_fn,
+            unrolled_grad=alpha_gradient, alpha_tx=alpha_tx)
   else:
     # 1. Architecture step on the val batch; its BN running-stat updates are discarded.
     alpha_grads, val_loss, val_logits, extra = alpha_gradient(state, train_batch, val_batch,
@@ -163,49 +189,93 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
   return new_state, metrics
 
 
-def _shared_passes(state: SearchState, train_batch, val_batch, key_alpha, key_weight, *,
-                   loss_fn: LossFn, alpha_loss_term: Callable | None,
-                   alpha_tx: optax.GradientTransformation):
-  """Both halves of a first-order step as two iterations of one compiled gradient.
+def _adam_step(alpha_tx, grads, carry):
+  alphas, opt_state = carry['alphas'], carry['alpha_opt_state']
+  updates, opt_state = alpha_tx.update(grads, opt_state, alphas)
+  return {**carry, 'alphas': optax.apply_updates(alphas, updates), 'alpha_opt_state': opt_state,
+          'alpha_grads': grads}
 
-  Pass 0 differentiates L_val (+ `alpha_loss_term`) at (w, alpha) and takes the Adam step on
-  alpha; pass 1 differentiates L_train at (w, alpha'). Each pass computes the gradient w.r.t. both weights
-  and alphas, so XLA compiles the network's forward and backward graph once instead of twice
-  (half the compile time and half the live activations); the price is pass 0's unused weight
-  gradient, of which the conv kernels' part is skipped at run time (dnas/kernel_grads.py).
-  The numbers are those of the two separate halves: pass 0's BN update is dropped,
-  each pass has its own PRNG key. Needs convs whose gradients run at full speed inside a loop
-  (cells/ops.py `canonical_conv`).
+
+def _first_order_passes(state: SearchState, train_batch, val_batch, key_alpha, key_weight, *,
+                        loss_fn: LossFn, alpha_loss_term: Callable | None,
+                        alpha_tx: optax.GradientTransformation):
+  """A first-order step's two halves as two passes of one compiled gradient (dnas/passes.py):
+  pass 0 differentiates L_val (+ `alpha_loss_term`) at (w, alpha) and takes the Adam step;
+  pass 1 differentiates L_train at (w, alpha'). Same numbers as the halves run one by one.
 
   Returns (alphas', alpha_opt_state', alpha_grads, (val_loss, val_logits),
   (train_loss, train_logits, batch_stats', weight_grads))."""
-  def pass_loss(weights, alphas, batch_stats, batch, key, step, is_arch_pass):
-    loss, aux = loss_fn(weights, alphas, batch_stats, batch, key, step)
-    if alpha_loss_term is not None:  # val loss only; a function of the alphas only
-      loss = loss + jnp.where(is_arch_pass, alpha_loss_term(alphas, step), 0.0)
-    return loss, aux
+  w = state.weights
+  carry = {'alphas': state.alphas, 'alpha_opt_state': state.alpha_opt_state,
+           'alpha_grads': state.alphas}
+  carry, (loss, (logits, stats), (weight_grads, _)) = passes.run(
+      loss_fn, carry, batches=[val_batch, train_batch], keys=[key_alpha, key_weight],
+      step=state.step, batch_stats=state.batch_stats,
+      prepare=[lambda c: (w, c['alphas'])] * 2,
+      finish=[lambda c, out: _adam_step(alpha_tx, out[2][1], c), lambda c, out: c],
+      weight_grads=[False, True], alpha_loss_term=alpha_loss_term, term_pass=0)
+  return (carry['alphas'], carry['alpha_opt_state'], carry['alpha_grads'],
+          (loss[0], logits[0]), (loss[1], logits[1], passes.pick(stats, 1),
+                                 passes.pick(weight_grads, 1)))
 
-  grad_fn = jax.value_and_grad(pass_loss, argnums=(0, 1), has_aux=True)
-  batches = jax.tree.map(lambda v, t: jnp.stack([v, t]), val_batch, train_batch)
-  keys = jnp.stack([key_alpha, key_weight])
 
-  def one_pass(carry, inputs):
-    alphas, alpha_opt_state = carry
-    is_arch_pass, batch, key = inputs
-    with kernel_grads.only_if(jnp.logical_not(is_arch_pass)):
-      (loss, (logits, batch_stats)), (weight_grads, alpha_grads) = grad_fn(
-          state.weights, alphas, state.batch_stats, batch, key, state.step, is_arch_pass)
-    updates, new_opt_state = alpha_tx.update(alpha_grads, alpha_opt_state, alphas)
-    stepped = optax.apply_updates(alphas, updates), new_opt_state
-    carry = jax.tree.map(lambda new, old: jnp.where(is_arch_pass, new, old), stepped, carry)
-    return carry, (loss, logits, batch_stats, weight_grads, alpha_grads)
+def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_weight, *,
+                     loss_fn: LossFn, unrolled_grad: Unrolled,
+                     alpha_tx: optax.GradientTransformation):
+  """A finite-difference second-order step as five passes of one compiled gradient:
+    0  grad_w L_train(w, alpha)                 -> the virtual step w'
+    1  grad_(w', alpha) L_val(w', alpha)        -> v, the direct term (+ `alpha_loss_term`)
+    2  grad_alpha L_train(w + eps v, alpha)
+    3  grad_alpha L_train(w - eps v, alpha)     -> H v; the Adam step on alpha
+    4  grad_w L_train(w, alpha')                -> the weight step
+  The numbers are those of `unrolled.alpha_gradient` followed by the weight step (same PRNG
+  keys); returns what `_first_order_passes` returns plus the extra metrics."""
+  u = unrolled_grad
+  w = state.weights
+  xi = u.xi(state) if callable(u.xi) else u.xi
+  key_train, key_val = jax.random.split(key_alpha)
+  buf = unrolled.momentum_buffer(state.weight_opt_state, w)
+  zeros_w = jax.tree.map(jnp.zeros_like, w)
+  carry = {'alphas': state.alphas, 'alpha_opt_state': state.alpha_opt_state,
+           'alpha_grads': state.alphas, 'w_grad': zeros_w, 'v': zeros_w,
+           'direct': state.alphas, 'plus': state.alphas, 'eps': optax.tree.norm(zeros_w),
+           'hv_norm': optax.tree.norm(state.alphas)}
+  shifted = lambda c, sign: jax.tree.map(lambda x, v: x + sign * c['eps'] * v, w, c['v'])
 
-  (alphas, alpha_opt_state), (loss, logits, batch_stats, weight_grads, alpha_grads) = (
-      jax.lax.scan(one_pass, (state.alphas, state.alpha_opt_state),
-                   (jnp.array([True, False]), batches, keys)))
-  pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
-  return (alphas, alpha_opt_state, pick(alpha_grads, 0), (loss[0], logits[0]),
-          (loss[1], logits[1], pick(batch_stats, 1), pick(weight_grads, 1)))
+  def after_val(c, out):
+    v, direct = out[2]
+    return {**c, 'v': v, 'direct': direct, 'eps': u.fd_radius / optax.tree.norm(v)}
+
+  def after_minus(c, out):
+    hv = jax.tree.map(lambda p, m: (p - m) / (2 * c['eps']), c['plus'], out[2][1])
+    grads = jax.tree.map(lambda d, h: d - xi * h, c['direct'], hv)
+    return _adam_step(alpha_tx, grads, {**c, 'hv_norm': optax.tree.norm(hv)})
+
+  prepare = [
+      lambda c: (w, c['alphas']),
+      lambda c: (unrolled.virtual_step(w, c['w_grad'], buf, xi=xi, momentum=u.momentum,
+                                       weight_decay=u.weight_decay), c['alphas']),
+      lambda c: (shifted(c, 1.0), c['alphas']),
+      lambda c: (shifted(c, -1.0), c['alphas']),
+      lambda c: (w, c['alphas']),
+  ]
+  finish = [
+      lambda c, out: {**c, 'w_grad': out[2][0]},
+      after_val,
+      lambda c, out: {**c, 'plus': out[2][1]},
+      after_minus,
+      lambda c, out: c,
+  ]
+  carry, (loss, (logits, stats), (weight_grads, _)) = passes.run(
+      loss_fn, carry, batches=[train_batch, val_batch, train_batch, train_batch, train_batch],
+      keys=[key_train, key_val, key_train, key_train, key_weight], step=state.step,
+      batch_stats=state.batch_stats, prepare=prepare, finish=finish,
+      weight_grads=[True, True, False, False, True], alpha_loss_term=u.alpha_loss_term,
+      term_pass=1)
+  extra = {'hvp_norm': carry['hv_norm'], 'unrolled_grad_norm': optax.tree.norm(carry['v'])}
+  return (carry['alphas'], carry['alpha_opt_state'], carry['alpha_grads'],
+          (loss[1], logits[1]), (loss[4], logits[4], passes.pick(stats, 4),
+                                 passes.pick(weight_grads, 4)), extra)
 
 
 def weight_optimizer(*, learning_rate, momentum: float = 0.9, weight_decay: float = 3e-4,

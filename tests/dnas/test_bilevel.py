@@ -83,3 +83,33 @@ def test_cosine_schedule_is_torch_cosine_annealing_per_epoch():
     e = step // 10
     want = 0.001 + (0.025 - 0.001) * (1 + np.cos(np.pi * e / 50)) / 2
     assert float(sched(step)) == pytest.approx(want, rel=1e-6)
+
+
+def test_shared_pass_step_equals_two_separate_halves_with_a_val_only_term():
+  """search_step's first order runs both halves as two passes of one compiled gradient; the
+  same step computed half by half (FirstOrder called as a plain alpha-gradient function, the
+  pre-shared-pass code path) must give the same state, with a regularizer-like term on the
+  alphas that joins the val loss only."""
+  graphdef, alphas, stats, weights = tiny_model()
+  loss_fn = bilevel.classification_loss(graphdef)
+  term = lambda a, step: 0.3 * sum(jnp.sum(jax.nn.logsumexp(x, -1)) for x in jax.tree.leaves(a))
+  weight_tx = bilevel.weight_optimizer(learning_rate=0.025)
+  alpha_tx = bilevel.alpha_optimizer()
+  state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
+                      batch_stats=stats, weight_opt_state=weight_tx.init(weights),
+                      alpha_opt_state=alpha_tx.init(alphas),
+                      rng=jax.random.key_data(jax.random.key(3)))
+  first = bilevel.alpha_gradient_fn(1, loss_fn=loss_fn, alpha_loss_term=term)
+  halves = lambda *args: first(*args)  # not a FirstOrder: search_step runs separate halves
+  kw = dict(loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx)
+  shared = jax.jit(functools.partial(bilevel.search_step, alpha_gradient=first, **kw))
+  separate = jax.jit(functools.partial(bilevel.search_step, alpha_gradient=halves, **kw))
+  s1, m1 = shared(state, batch(1), batch(2))
+  s2, m2 = separate(state, batch(1), batch(2))
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+  for k in m2:
+    np.testing.assert_allclose(m1[k], m2[k], rtol=1e-10, err_msg=k)
+  # The term moved the alphas: without it the step differs.
+  plain = jax.jit(functools.partial(bilevel.search_step, **kw))(state, batch(1), batch(2))[0]
+  assert not np.allclose(jax.tree.leaves(plain.alphas)[0], jax.tree.leaves(s1.alphas)[0])

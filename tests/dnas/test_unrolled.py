@@ -134,3 +134,27 @@ def test_order_and_hvp_combinations():
     bilevel.alpha_gradient_fn(2, loss_fn=loss_fn, hvp='hessian', xi=0.1)
   with pytest.raises(ValueError, match='must be 1 .* or 2'):
     bilevel.alpha_gradient_fn(3, loss_fn=loss_fn)
+
+
+def test_shared_pass_finite_difference_step_equals_the_pass_by_pass_step(problem):
+  """search_step runs the finite-difference second-order step as five passes of one compiled
+  gradient (dnas/passes.py); the same step with the unrolled gradient called as a plain
+  function (each pass its own call site) must give the same state and metrics."""
+  p = problem
+  unrolled_grad = bilevel.alpha_gradient_fn(2, loss_fn=p['loss_fn'], hvp='finite_difference',
+                                            xi=0.05, alpha_loss_term=lambda a, s: 0.1 * sum(
+                                                jnp.sum(x ** 2) for x in jax.tree.leaves(a)))
+  state = p['state']  # with a non-zero momentum buffer
+  kw = dict(loss_fn=p['loss_fn'], weight_tx=p['weight_tx'], alpha_tx=p['alpha_tx'])
+  shared = jax.jit(functools.partial(bilevel.search_step, alpha_gradient=unrolled_grad, **kw))
+  separate = jax.jit(functools.partial(bilevel.search_step,
+                                       alpha_gradient=lambda *a: unrolled_grad(*a), **kw))
+  s1, s2 = state, state
+  for _ in range(2):
+    s1, m1 = shared(s1, p['train'], p['val'])
+    s2, m2 = separate(s2, p['train'], p['val'])
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+    np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+  for k in m2:
+    np.testing.assert_allclose(m1[k], m2[k], rtol=1e-8, err_msg=k)
+  assert float(m1['hvp_norm']) > 0

@@ -1,0 +1,63 @@
+"""Several gradient passes of a bilevel step as iterations of one compiled gradient.
+
+Every pass of a DARTS step -- the architecture and weight halves of first order, the five
+passes of the unrolled finite-difference gradient -- differentiates the same network loss,
+only at other (weights, alphas, batch, key). XLA compiles each call site separately, so a
+step written pass by pass compiles the network's forward and backward graph once per pass
+(compile time and live activations grow with the pass count). Here the passes are the
+iterations of one `lax.scan`: pass i reads its inputs from the carry (`prepare[i]`), runs the
+shared `value_and_grad`, and folds its outputs into the carry (`finish[i]`); the branches are
+cheap elementwise updates of parameter trees chosen with `lax.switch`.
+
+Passes that need no weight gradient skip the conv kernels' part of it at run time
+(dnas/kernel_grads.py), so sharing costs little extra work. The convs must use loop-safe
+gradient rules (cells/ops.py `canonical_conv`).
+"""
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from dnas import kernel_grads
+
+
+def run(loss_fn: Callable, carry, *, batches: Sequence, keys: Sequence, step,
+        batch_stats, prepare: Sequence[Callable], finish: Sequence[Callable],
+        weight_grads: Sequence[bool], alpha_loss_term: Callable | None = None,
+        term_pass: int | None = None):
+  """Runs len(prepare) passes; returns (final carry, per-pass outputs stacked on axis 0).
+
+  prepare[i](carry) -> (weights, alphas); finish[i](carry, out) -> carry, where
+  out = (loss, (logits, batch_stats), (weight_grads, alpha_grads)). `weight_grads[i]` says
+  whether pass i needs the weight gradient (else the conv kernels' part is zeros);
+  `alpha_loss_term(alphas, step)` joins the loss of pass `term_pass` only. Every pass runs in
+  train mode from `batch_stats`; each pass's batch-stat update is returned, none applied."""
+  n = len(prepare)
+  if not len(batches) == len(keys) == len(finish) == len(weight_grads) == n:
+    raise ValueError('prepare, finish, batches, keys and weight_grads need one entry per pass')
+  stacked = jax.tree.map(lambda *b: jnp.stack(b), *batches)
+  keys = jnp.stack(keys)
+  needs_weight_grads = jnp.array(weight_grads)
+
+  def pass_loss(weights, alphas, batch, key, i):
+    loss, aux = loss_fn(weights, alphas, batch_stats, batch, key, step)
+    if alpha_loss_term is not None:  # a function of the alphas only
+      loss = loss + jnp.where(i == term_pass, alpha_loss_term(alphas, step), 0.0)
+    return loss, aux
+
+  grad_fn = jax.value_and_grad(pass_loss, argnums=(0, 1), has_aux=True)
+
+  def one_pass(carry, i):
+    weights, alphas = jax.lax.switch(i, prepare, carry)
+    batch = jax.tree.map(lambda b: b[i], stacked)
+    with kernel_grads.only_if(needs_weight_grads[i]):
+      (loss, aux), grads = grad_fn(weights, alphas, batch, keys[i], i)
+    out = loss, aux, grads
+    return jax.lax.switch(i, finish, carry, out), out
+
+  return jax.lax.scan(one_pass, carry, jnp.arange(n))
+
+
+def pick(tree, i: int):
+  """Pass i's entry of `run`'s stacked outputs."""
+  return jax.tree.map(lambda x: x[i], tree)

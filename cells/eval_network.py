@@ -297,7 +297,8 @@ class NetworkCIFAR(_Network):
 
 class NetworkImageNet(_Network):
   """The DARTS ImageNet network, mobile setting (paper: C=48, 14 cells, 224x224 input,
-  4.7 M parameters, 574 M multiply-adds for DARTS_V2). Built and benchmarked here."""
+  4.7 M parameters, 574 M multiply-adds for DARTS_V2; `conv_macs(paper=True)` gives 529.9 M
+  and 4.72 M: docs/design.md, "ImageNet multiply-adds"). Built and benchmarked here."""
 
   def __init__(self, genotype: Genotype, *, num_classes: int = 1000, in_channels: int = 3,
                image_size: int = 224, channels: int = 48, layers: int = 14,

@@ -7,7 +7,9 @@ NAS-Bench-201's training recipe (configs/retrain_nb201_cifar10.py) shrunk to min
 the stand-alone network (cells/nb201.py `Network`) at C=8, N=1, batch 64, 4 epochs of the
 4,000 train+val digits (248 steps), tested on the 1,000 held-out test digits. SGD with
 Nesterov momentum 0.9, lr 0.1 cosine per epoch to 0, weight decay 5e-4, no clipping, no
-auxiliary head, drop-path or Cutout (NB201 has none). Measured: see docs/design.md.
+auxiliary head, drop-path or Cutout (NB201 has none). Measured on the default NB201 search's
+arch (55,218 parameters): 97.4 % test accuracy, 1.4 min on the 2-core dev machine under a
+load of 6-9 from other jobs (first step with compile 7.2 s, no compilation cache).
 Any NB201 arch works: --config.genotype='|nor_conv_3x3~0|+|...|' or a genotype.json path.
 """
 from dnas.configs import retrain_default

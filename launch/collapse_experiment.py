@@ -17,9 +17,11 @@ search's step is about 1 s on 2 CPU cores) plus a compile per run; regularizers 
 passes (sdarts_adv, rdarts) take longer.
 Not run to completion in this repository yet: no results are claimed here.
 """
+import glob
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -72,6 +74,35 @@ def run(method: str, seed: str, workdir: str) -> dict:
   return summarize(workdir)
 
 
+def tb_events(workdir: str) -> dict[str, list[tuple[int, float, float]]]:
+  """tag -> [(step, wall time, value)] from the run's TensorBoard event files (TFRecords:
+  length, crc, event, crc); {} without them."""
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'tb', 'events.out.tfevents*'))):
+    data = open(path, 'rb').read()
+    i = 0
+    while i + 12 <= len(data):
+      (n,) = struct.unpack('<Q', data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((int(event.step), event.wall_time, v.simple_value))
+  return out
+
+
+def steady_step_seconds(events: dict, epoch_end_steps) -> float | None:
+  """Median seconds per step over the logging intervals (a, b] of `search/train_loss` that
+  hold training steps only: no epoch end in [a, b) (the read-off, the eigenvalue, the
+  supernet evaluation and most checkpoints run after the step-a log line). The median keeps
+  other jobs' load spikes out of the step time and the overhead ratio."""
+  logged = sorted({(s, t) for s, t, _ in events.get('search/train_loss', [])})
+  ends = set(epoch_end_steps)
+  per_step = [(tb - ta) / (b - a) for (a, ta), (b, tb) in zip(logged, logged[1:])
+              if b > a and not any(s in ends for s in range(a, b))]
+  return float(np.median(per_step)) if per_step else None
+
+
 def summarize(workdir: str) -> dict:
   result = json.load(open(os.path.join(workdir, 'result.json')))
   history = [json.loads(l) for l in open(os.path.join(workdir, 'alphas.jsonl'))]
@@ -79,15 +110,21 @@ def summarize(workdir: str) -> dict:
       os.path.join(workdir, 'experiment_log.txt')) else ''
   first = re.search(r'first step \(compile included\): ([0-9.]+) s', text)
   steps = result['steps']
-  steady = ((result['wall_seconds_this_run'] - float(first.group(1))) / max(steps - 1, 1)
-            if first else None)
+  events = tb_events(workdir)
+  steady = steady_step_seconds(events, [h['step'] for h in history if 'step' in h])
+  if steady is None and first:  # no event files: the whole run's mean (evaluations included)
+    steady = (result['wall_seconds_this_run'] - float(first.group(1))) / max(steps - 1, 1)
   final = result['genotype']['normal']
+  steps_per_epoch = history[0]['step'] / history[0]['epoch'] if 'step' in history[0] else 1
   return {'skips': history[-1]['normal_cell_skips'],
           'parameter_free': history[-1]['normal_cell_parameter_free'],
           'skips_written': sum(op == 'skip_connect' for op, _ in final),
           'val_accuracy': result['supernet_val_accuracy'], 'steps': steps,
           'step_seconds': steady, 'early_stop': (result.get('early_stop') or {}).get('rule'),
-          'skips_per_epoch': [(h['epoch'], h['normal_cell_skips']) for h in history]}
+          'skips_per_epoch': [(h['epoch'], h['normal_cell_skips']) for h in history],
+          'wall_seconds': result['wall_seconds_this_run'],
+          'val_accuracy_per_epoch': [(s / steps_per_epoch, v) for s, _, v in
+                                     events.get('search/supernet_val_accuracy', [])]}
 
 
 def table(rows: dict) -> str:
@@ -114,15 +151,25 @@ def plot(rows: dict, path: str) -> None:
   except ImportError:
     print('matplotlib missing: no plot (pip install -e ".[plot]")')
     return
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
   for method, rs in rows.items():
+    color = f'C{list(rows).index(method)}'
     for i, r in enumerate(rs):
       e, s = zip(*r['skips_per_epoch'])
-      ax.plot(e, s, color=f'C{list(rows).index(method)}', alpha=0.8,
-              label=method if i == 0 else None)
+      # Methods that sit on the same count would hide each other: a small vertical offset.
+      shift = 0.08 * (list(rows).index(method) - (len(rows) - 1) / 2)
+      ax.plot(e, np.add(s, shift), color=color, alpha=0.8, label=method if i == 0 else None)
+      if r.get('val_accuracy_per_epoch'):
+        e, a = zip(*r['val_accuracy_per_epoch'])
+        ax_acc.plot(e, a, 'o-', color=color, alpha=0.8, label=method if i == 0 else None)
+  ax.set_ylim(bottom=-0.3)
   ax.set_xlabel('epoch')
-  ax.set_ylabel('skip connections in the normal cell')
+  ax.set_ylabel('skip connections in the normal cell\n(methods offset by < 0.25 to stay visible)',
+                fontsize=8)
   ax.legend(fontsize=7)
+  ax_acc.set_xlabel('epoch')
+  ax_acc.set_ylabel('supernet val accuracy')
+  ax_acc.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
 

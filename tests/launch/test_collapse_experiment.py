@@ -35,3 +35,26 @@ def test_summary_and_table(tmp_path):
   text = exp.table(rows)
   assert '| vanilla | 2 | 4.5 | 5.5 | 2.0 | 0.8500 | 1.50 | 1.00x | 0/2 |' in text
   assert '| pdarts | 1 | 1.0 | 2.0 | 2.0 | 0.9500 | 3.00 | 2.00x | 1/1 |' in text
+
+
+def test_steady_step_time_from_event_files_skips_epoch_ends(tmp_path):
+  """Step time from the TensorBoard log times: the intervals holding an epoch end (read-off,
+  evaluation) are left out and the median drops a load spike."""
+  from tensorboardX import SummaryWriter
+  d = fake_run(tmp_path, 'vanilla', 2, [8, 8], 0.3, 100, 50, steps=20)
+  with open(os.path.join(d, 'alphas.jsonl'), 'w') as f:
+    for step, epoch in ((10, 1.0), (20, 2.0)):
+      f.write(json.dumps({'step': step, 'epoch': epoch, 'normal_cell_skips': 8,
+                          'normal_cell_parameter_free': 8}) + '\n')
+  writer = SummaryWriter(os.path.join(d, 'tb'))
+  # Logged at steps 5, 10, 15, 20: 1 s per step, except (10, 15] which holds epoch 1's
+  # evaluation (+30 s) and (15, 20] slowed to 3 s per step by another job.
+  for step, t in ((5, 1000.0), (10, 1005.0), (15, 1040.0), (20, 1055.0)):
+    writer.add_scalar('search/train_loss', 1.0, step, walltime=t)
+  writer.add_scalar('search/supernet_val_accuracy', 0.2, 10, walltime=1006.0)
+  writer.add_scalar('search/supernet_val_accuracy', 0.3, 20, walltime=1056.0)
+  writer.close()
+  r = exp.summarize(d)
+  assert r['step_seconds'] == 2.0  # median of (5, 10] 1 s and (15, 20] 3 s; (10, 15] left out
+  assert [(e, round(a, 3)) for e, a in r['val_accuracy_per_epoch']] == [(1.0, 0.2), (2.0, 0.3)]
+  assert exp.steady_step_seconds({}, [10]) is None

@@ -24,10 +24,6 @@ from dnas.cells import darts, ops
 from dnas.genotype import Genotype
 
 
-# Re-exported: cells/nb201.py imports it from here.
-torch_uniform = ops.torch_uniform
-
-
 def param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
   return nnx.Param(ops.torch_uniform(fan_in)(rngs.params(), tuple(shape)))
 

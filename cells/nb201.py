@@ -51,7 +51,6 @@ from dnas import nb201_string, relaxations
 from dnas.arch import ArchParam
 from dnas.mixed_op import weighted_sum
 from dnas.cells import ops, pcdarts
-from dnas.cells.eval_network import torch_uniform
 
 SPACE = nb201_string.SPACE
 PRIMITIVES = nb201_string.OPS
@@ -86,7 +85,7 @@ def _materialize(state):
 
 
 def _conv_param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
-  return nnx.Param(torch_uniform(fan_in)(rngs.params(), tuple(shape)))
+  return nnx.Param(ops.torch_uniform(fan_in)(rngs.params(), tuple(shape)))
 
 
 class BatchStatsNorm(nnx.Module):
@@ -253,8 +252,8 @@ class _Macro(nnx.Module):
       c_prev = c
     self.cells = nnx.List(cells)
     self.last_bn = ops.BatchNorm(c_prev, affine=True)
-    self.classifier = nnx.Linear(c_prev, num_classes, kernel_init=torch_uniform(c_prev),
-                                 bias_init=torch_uniform(c_prev), rngs=rngs)
+    self.classifier = nnx.Linear(c_prev, num_classes, kernel_init=ops.torch_uniform(c_prev),
+                                 bias_init=ops.torch_uniform(c_prev), rngs=rngs)
 
   def _run(self, x, train: bool, run_cell):
     s = self.stem_bn(ops.conv(x, self.stem_w[...], 1, 1, 1), train)

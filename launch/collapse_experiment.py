@@ -21,9 +21,11 @@ import glob
 import json
 import os
 import re
+import resource
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 from absl import app, flags
@@ -60,15 +62,26 @@ def command(method: str, seed: str, workdir: str) -> list[str]:
           *FLAGS.override]
 
 
+def _children_cpu() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
 def run(method: str, seed: str, workdir: str) -> dict:
   """One search (or its earlier result); returns its summary."""
   log = os.path.join(workdir, 'experiment_log.txt')
   if not os.path.exists(os.path.join(workdir, 'result.json')):
     os.makedirs(workdir, exist_ok=True)
+    # The machine may be shared: its load around each run, to read the step times against.
+    load_start, cpu_start, t_start = os.getloadavg()[0], _children_cpu(), time.time()
     proc = subprocess.run(command(method, seed, workdir), capture_output=True, text=True,
                           env=dict(os.environ, TQDM_DISABLE='1'))
     with open(log, 'w') as f:
       f.write(proc.stdout + proc.stderr)
+    with open(os.path.join(workdir, 'run_info.json'), 'w') as f:
+      json.dump({'load_avg_start': load_start, 'load_avg_end': os.getloadavg()[0],
+                 'cpu_seconds': round(_children_cpu() - cpu_start, 1),
+                 'process_wall_seconds': round(time.time() - t_start, 1)}, f)
     if proc.returncode != 0:
       raise RuntimeError(f'{method} seed {seed} failed (see {log}):\n{proc.stderr[-2000:]}')
   return summarize(workdir)
@@ -123,6 +136,8 @@ def summarize(workdir: str) -> dict:
           'step_seconds': steady, 'early_stop': (result.get('early_stop') or {}).get('rule'),
           'skips_per_epoch': [(h['epoch'], h['normal_cell_skips']) for h in history],
           'wall_seconds': result['wall_seconds_this_run'],
+          'run_info': (json.load(open(os.path.join(workdir, 'run_info.json'))) if os.path.exists(
+              os.path.join(workdir, 'run_info.json')) else None),
           'val_accuracy_per_epoch': [(s / steps_per_epoch, v) for s, _, v in
                                      events.get('search/supernet_val_accuracy', [])]}
 

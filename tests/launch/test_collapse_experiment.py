@@ -58,3 +58,20 @@ def test_steady_step_time_from_event_files_skips_epoch_ends(tmp_path):
   assert r['step_seconds'] == 2.0  # median of (5, 10] 1 s and (15, 20] 3 s; (10, 15] left out
   assert [(e, round(a, 3)) for e, a in r['val_accuracy_per_epoch']] == [(1.0, 0.2), (2.0, 0.3)]
   assert exp.steady_step_seconds({}, [10]) is None
+
+
+def test_run_records_the_machine_load_and_cpu_time(tmp_path, monkeypatch):
+  """run() launches the search (here a stand-in writing a finished workdir), keeps its output
+  and records the load average around it and its CPU seconds."""
+  import sys
+  src = fake_run(tmp_path / 'src', 'vanilla', 2, [3, 4], 0.5, 20, 5)
+  d = str(tmp_path / 'vanilla' / 'seed2')
+  script = (f'import shutil, sys; shutil.copytree({src!r}, sys.argv[1], dirs_exist_ok=True); '
+            'print("first step (compile included): 5 s")')
+  monkeypatch.setattr(exp, 'command', lambda m, s, w: [sys.executable, '-c', script, w])
+  r = exp.run('vanilla', '2', d)
+  assert r['skips'] == 4 and r['val_accuracy'] == 0.5
+  info = r['run_info']
+  assert set(info) == {'load_avg_start', 'load_avg_end', 'cpu_seconds', 'process_wall_seconds'}
+  assert info['cpu_seconds'] >= 0 and info['process_wall_seconds'] > 0
+  assert 'first step' in open(os.path.join(d, 'experiment_log.txt')).read()

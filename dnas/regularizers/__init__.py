@@ -20,7 +20,8 @@ overrides any of five hooks (the defaults do nothing):
     weights, `derive(normal, reduce)` re-derives a genotype from modified weights.
 (e) `should_stop(history, ops) -> Stop | None`: called at every epoch end with the epoch
     records so far (dicts with `step`, `epoch`, raw alphas `normal`/`reduce`,
-    `normal_skips`, and `eigenvalue` when a regularizer sets `needs_eigenvalue`). R-DARTS,
+    `normal_cell_skips`, `normal_cell_parameter_free`, and `eigenvalue` when a regularizer
+    sets `needs_eigenvalue`). R-DARTS,
     DARTS+.
 
 `scalars(step)` (optional) names the schedule values worth logging (coefficients, radii).

@@ -3,8 +3,9 @@
 Criterion 1: stop when the derived normal cell has `max_skips` (2) or more skip connections.
 Criterion 2: stop when the ranking of the architecture parameters of the learnable
 operations (the conv ops; per edge, both cell types) has not changed for `stable_epochs`
-(10) epochs. Both from the paper (sec. 3.2); set either to 0 to switch it off. The genotype
-is the one at the stopping epoch.
+(10) epochs; it needs two or more learnable ops (with one, nothing can change rank). Both
+from the paper (sec. 3.2); set either to 0 to switch it off. The genotype is the one at the
+stopping epoch.
 """
 import numpy as np
 
@@ -30,11 +31,14 @@ class DARTSPlus(Regularizer):
     if not history:
       return None
     last = history[-1]
-    if self.max_skips and last.get('normal_skips', 0) >= self.max_skips:
-      return Stop('darts_plus', f'the normal cell has {last["normal_skips"]} skip connections '
-                  f'(criterion 1: >= {self.max_skips})')
+    # The key the search writes (trainers/search.py normal_cell_counts).
+    if self.max_skips and last.get('normal_cell_skips', 0) >= self.max_skips:
+      return Stop('darts_plus', f'the normal cell has {last["normal_cell_skips"]} skip '
+                  f'connections (criterion 1: >= {self.max_skips})')
     n = self.stable_epochs
-    if n and len(history) > n and learnable(ops):
+    # One learnable op has no ranking to change: criterion 2 would fire after n epochs
+    # whatever the search did (e.g. R-DARTS' S2/S3 spaces, sep_conv_3x3 the only conv).
+    if n and len(history) > n and len(learnable(ops)) > 1:
       ranks = [ranking(r, ops) for r in history[-(n + 1):]]
       if all(r == ranks[0] for r in ranks):
         return Stop('darts_plus', f'the ranking of the learnable ops\' alphas has not changed '

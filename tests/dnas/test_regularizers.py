@@ -334,7 +334,7 @@ def test_rdarts_stops_when_the_local_average_eigenvalue_grows_and_returns_k_epoc
 
 def alpha_record(normal, reduce, skips=0):
   return {'epoch': 0, 'normal': normal.tolist(), 'reduce': reduce.tolist(),
-          'normal_skips': skips}
+          'normal_cell_skips': skips}
 
 
 def test_darts_plus_stops_on_two_skips_or_a_stable_ranking():
@@ -357,6 +357,26 @@ def test_darts_plus_stops_on_two_skips_or_a_stable_ranking():
   pools[:, [1, 2]] = pools[:, [2, 1]]
   assert reg.should_stop(stable[:3] + [alpha_record(pools * 1.3, r * 1.3, 1)], OPS) is not None
   assert make('darts_plus', {'stable_epochs': 0, 'max_skips': 0}).should_stop(stable, OPS) is None
+
+
+def test_darts_plus_reads_the_skip_count_the_search_records():
+  """Criterion 1 on the record the search writes (its key was once misspelt, so a real search
+  never stopped on skips); criterion 2 needs two learnable ops to rank."""
+  from dnas.trainers.search import normal_cell_counts
+  n, r = ALPHAS
+  geno = genotype.derive(n, r, OPS, num_nodes=4)
+  counts = normal_cell_counts(geno)
+  record = {'epoch': 1.0, 'normal': n.tolist(), 'reduce': r.tolist(), **counts}
+  reg = make('darts_plus', {'max_skips': counts['normal_cell_skips']})
+  assert counts['normal_cell_skips'] >= 1
+  assert 'criterion 1' in reg.should_stop([record], OPS).reason
+  assert make('darts_plus', {'max_skips': counts['normal_cell_skips'] + 1}).should_stop(
+      [record], OPS) is None
+  # R-DARTS' S3 space: sep_conv_3x3 the only conv, its "ranking" cannot change.
+  s3 = ('none', 'skip_connect', 'sep_conv_3x3')
+  flat = [{'epoch': e, 'normal': np.zeros((14, 3)).tolist(),
+           'reduce': np.zeros((14, 3)).tolist(), 'normal_cell_skips': 0} for e in range(12)]
+  assert make('darts_plus', {'stable_epochs': 3}).should_stop(flat, s3) is None
 
 
 # ------------------------------------------------------------------ the weight-step hook

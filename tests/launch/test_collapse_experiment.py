@@ -73,5 +73,5 @@ def test_run_records_the_machine_load_and_cpu_time(tmp_path, monkeypatch):
   assert r['skips'] == 4 and r['val_accuracy'] == 0.5
   info = r['run_info']
   assert set(info) == {'load_avg_start', 'load_avg_end', 'cpu_seconds', 'process_wall_seconds'}
-  assert info['cpu_seconds'] >= 0 and info['process_wall_seconds'] > 0
+  assert info['cpu_seconds'] >= 0 and info['process_wall_seconds'] >= 0  # rounded to 0.1 s
   assert 'first step' in open(os.path.join(d, 'experiment_log.txt')).read()

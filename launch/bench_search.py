@@ -19,6 +19,10 @@ import time
 
 from absl import app, flags
 
+from dnas.launch import xla_workarounds
+
+xla_workarounds.apply()  # before any JAX backend starts
+
 _SPACE = flags.DEFINE_enum('space', 'darts', ['darts', 'nb201'], 'Search space (supernet).')
 _LAYERS = flags.DEFINE_integer('layers', 8, 'Cells in the DARTS search network.')
 _CELLS_PER_STAGE = flags.DEFINE_integer('cells_per_stage', 5, 'NB201: cells per stage N.')

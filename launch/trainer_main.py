@@ -11,6 +11,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dnas.launch import xla_workarounds
+
+xla_workarounds.apply()  # before any JAX backend starts
+
 
 def define_flags(config_help: str, workdir_help: str):
   """--config (locked: an unknown field is an error), --workdir, --compilation_cache_dir."""

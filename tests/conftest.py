@@ -17,6 +17,13 @@ def tfds_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory, request):
+  """A compilation cache dir per test module, for the CLI runs it starts
+  (--compilation_cache_dir): runs of one module share their compiles."""
+  return str(tmp_path_factory.mktemp(request.module.__name__.rsplit('.', 1)[-1] + '_xla_cache'))
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _compilation_cache(tmp_path_factory):
   jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))

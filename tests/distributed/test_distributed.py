@@ -84,11 +84,6 @@ def assert_bitwise(a, b):
 
 
 @pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('distributed_xla_cache'))
-
-
-@pytest.fixture(scope='module')
 def reference(tmp_path_factory, tfds_dir, cache_dir):
   workdir = str(tmp_path_factory.mktemp('reference'))
   proc = subprocess.run(search_cmd(workdir, tfds_dir, cache_dir, STEPS), capture_output=True,
@@ -172,9 +167,8 @@ def test_killed_and_resumed_search_is_bitwise_the_uninterrupted_one(reference, t
       # Each interruption lands after this run took a step (for SIGTERM a must: before the
       # loop it gets the default action) and before the last ones.
       goal = min(max(target, start + 1), STEPS - 2)
-      deadline = time.time() + 300
+      # The run is finite: if it ends before the goal, the signal checks below fail.
       while max(committed_steps(workdir), default=0) < goal and proc.poll() is None:
-        assert time.time() < deadline, 'no progress'
         time.sleep(0.01)
       time.sleep(rng.uniform(0.0, 0.08))
       sent = max(committed_steps(workdir), default=0)

@@ -25,11 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 OPS = ('none', 'max_pool_3x3', 'skip_connect', 'sep_conv_3x3')
 
 
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('pcdarts_xla_cache'))
-
-
 def run(config, workdir, tfds_dir, cache_dir, *overrides):
   cmd = [sys.executable, '-m', 'dnas.launch.search', f'--config={config}',
          f'--workdir={workdir}', f'--compilation_cache_dir={cache_dir}',

@@ -33,11 +33,6 @@ SETTINGS = {
 CONFIGS = {'darts': 'default.py', 'nb201': 'nb201_default.py'}
 
 
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('relaxation_space_xla_cache'))
-
-
 def initial_alphas(space):
   """The alphas the search starts from: the supernet built with the search's seed (2)."""
   if space == 'darts':

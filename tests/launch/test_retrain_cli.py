@@ -20,11 +20,6 @@ CONFIG = os.path.join(ROOT, 'configs', 'retrain_default.py')
 
 
 @pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('retrain_xla_cache'))
-
-
-@pytest.fixture(scope='module')
 def searched_genotype(tmp_path_factory):
   """<workdir>/genotype.json exactly as a search writes it, from random op weights."""
   rng = np.random.default_rng(0)

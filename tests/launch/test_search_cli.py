@@ -23,11 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = os.path.join(ROOT, 'configs', 'default.py')
 
 
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('cli_xla_cache'))
-
-
 def run_search(workdir, tfds_dir, cache_dir, *overrides):
   cmd = [sys.executable, '-m', 'dnas.launch.search', f'--config={CONFIG}',
          f'--workdir={workdir}', f'--compilation_cache_dir={cache_dir}',

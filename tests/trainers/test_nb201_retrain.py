@@ -132,11 +132,6 @@ def test_nb201_sgd_is_torch_sgd_with_nesterov_and_no_clipping():
 # --------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('nb201_retrain_xla_cache'))
-
-
 def run_retrain(workdir, tfds_dir, cache_dir, genotype, *overrides):
   cmd = [sys.executable, '-m', 'dnas.launch.retrain', f'--config={CONFIG}',
          f'--workdir={workdir}', f'--compilation_cache_dir={cache_dir}',

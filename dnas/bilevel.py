@@ -318,7 +318,5 @@ def classification_loss(graphdef, extra_loss: Callable | None = None) -> LossFn:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     if hasattr(model, 'relaxation_loss'):
       loss = loss + model.relaxation_loss()
-    if extra_loss is not None:
-      loss = loss + extra_loss(alphas, step)
     return loss, (logits, nnx.state(model, nnx.BatchStat))
-  return loss_fn
+  return with_alpha_term(loss_fn, extra_loss)

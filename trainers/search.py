@@ -336,10 +336,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loss_fn = bilevel.classification_loss(graphdef)
   # Regularizers' loss terms move the alphas only: they join the architecture (val) loss;
   # the weight step and SDARTS' attack see the plain train loss.
-  alpha_loss_fn = (bilevel.classification_loss(graphdef, extra_loss=regs.loss)
-                   if regs.has_loss() else loss_fn)
-  alpha_gradient = make_alpha_gradient(
-      config, loss_fn=loss_fn, alpha_loss_term=regs.loss if regs.has_loss() else None)
+  alpha_loss_term = regs.loss if regs.has_loss() else None
+  alpha_loss_fn = bilevel.with_alpha_term(loss_fn, alpha_loss_term)
+  alpha_gradient = make_alpha_gradient(config, loss_fn=loss_fn, alpha_loss_term=alpha_loss_term)
   step_fn = jax.jit(functools.partial(
       train_step, regs=regs, step_kwargs=dict(
           loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx, alpha_gradient=alpha_gradient,

@@ -54,6 +54,7 @@ def main(argv):
   from dnas import arch, bilevel
   from dnas.cells import darts, nb201
   from dnas.state import SearchState
+  from dnas.trainers import host_memory
   pcdarts = dict(partial_channels=_PC.value, edge_normalization=_EDGE_NORM.value)
 
   if _SPACE.value == 'nb201':  # cell BNs with batch statistics, as configs/nb201_default.py
@@ -91,6 +92,7 @@ def main(argv):
   lowered = step.lower(state, *batches[0])
   t1 = time.perf_counter()
   compiled = lowered.compile()
+  host_memory.release_freed_memory()  # as the trainers do (trainers/host_memory.py)
   t2 = time.perf_counter()
   c2 = time.process_time()
   state, m = compiled(state, *batches[0])

@@ -25,7 +25,7 @@ from tensorboardX import SummaryWriter
 
 from dnas import bilevel, genotype as genotype_lib, nb201_string
 from dnas.cells import known_genotypes, standalone
-from dnas.trainers import checkpoint, data, sharding
+from dnas.trainers import checkpoint, data, host_memory, sharding
 
 DEFAULT_SEARCH_CMD = 'dnas-search --config=configs/default.py --workdir=/tmp/dnas_default'
 NB201_SEARCH_CMD = 'dnas-search --config=configs/nb201_default.py --workdir=/tmp/dnas_nb201'
@@ -257,10 +257,12 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'{dp.describe(config.batch_size)}')
 
   # ---- step: state replicated, the batch split on its batch axis
-  step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
-                                      aux_weight=config.aux_weight),
-                    in_shardings=(dp.replicated, dp.batch, dp.replicated, dp.replicated),
-                    out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
+  # Compiled ahead of the first call: the compiler's freed memory goes back to the OS before
+  # the step's buffers are allocated (trainers/host_memory.py).
+  step_fn = host_memory.CompileFirst(jax.jit(
+      functools.partial(train_step, graphdef=graphdef, tx=tx, aux_weight=config.aux_weight),
+      in_shardings=(dp.replicated, dp.batch, dp.replicated, dp.replicated),
+      out_shardings=(dp.replicated, dp.replicated), donate_argnums=0))
   eval_batch = make_eval_fn(graphdef, dp)
 
   writer = SummaryWriter(os.path.join(workdir, 'tb')) if main else sharding.NullWriter()

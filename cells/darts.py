@@ -128,17 +128,6 @@ def skip_dropout(out, rate, key, edges: int):
   return jnp.where(keep, out / (1.0 - rate), 0.0).astype(out.dtype)
 
 
-def _materialize(state):
-  """Make XLA compute a node state once, into its own buffer.
-
-  A node is a sum of weighted op outputs over its edges: a few hundred elementwise ops.
-  Without a barrier XLA CPU fuses that whole expression into every consumer (each of the 9
-  pooling taps, the ReLU, the transposes feeding conv gradients...), recomputing it there
-  each time: it ran 4x the conv time and made the compile several times slower. Identity.
-  """
-  return jax.lax.optimization_barrier(state)
-
-
 class SearchCell(nnx.Module):
   """A DARTS search cell: preprocess both inputs, 4 nodes of mixed ops, concat the nodes."""
 
@@ -168,11 +157,11 @@ class SearchCell(nnx.Module):
       s0 = self.preprocess0(jax.nn.relu(s0), train)[..., 0, :]
     else:
       s0 = self.preprocess0(s0, train)
-    states = [_materialize(s0), _materialize(self.preprocess1(s1, train))]
+    states = [ops.materialize(s0), ops.materialize(self.preprocess1(s1, train))]
     node_inputs = [[] for _ in range(self.num_nodes)]
     for source in range(self.num_nodes + 1):
       if source >= 2:  # every edge into this node has been computed: the node is ready
-        states.append(_materialize(sum(node_inputs[source - 2])))
+        states.append(ops.materialize(sum(node_inputs[source - 2])))
       edges = edges_from(source, self.num_nodes)
       index = np.array([e for e, _ in edges])
       out = self.fan_out[source](states[source], weights[index], train,
@@ -181,7 +170,7 @@ class SearchCell(nnx.Module):
         out = out * edge_weights[index][:, None]
       for i, (_, node) in enumerate(edges):
         node_inputs[node].append(out[..., i, :])
-    states.append(sum(node_inputs[-1]))
+    states.append(ops.materialize(sum(node_inputs[-1])))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
 

@@ -79,11 +79,6 @@ def edges_from(source: int) -> list[tuple[int, int]]:
   return [(e, target) for e, (target, j) in enumerate(EDGES) if j == source]
 
 
-def _materialize(state):
-  """Compute a node state once, into its own buffer (see cells/darts.py `_materialize`)."""
-  return jax.lax.optimization_barrier(state)
-
-
 def _conv_param(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
   return nnx.Param(ops.torch_uniform(fan_in)(rngs.params(), tuple(shape)))
 
@@ -180,11 +175,11 @@ class SearchCell(nnx.Module):
   def __call__(self, x, weights, train: bool, edge_weights=None):
     """weights: (6, num_ops) in the reference edge order; edge_weights (6,) scale each
     edge's output (PC-DARTS)."""
-    nodes = [_materialize(x)]
+    nodes = [ops.materialize(x)]
     node_inputs = [[] for _ in range(NUM_NODES)]
     for source in range(NUM_NODES - 1):
       if source >= 1:  # every edge into this node has been computed
-        nodes.append(_materialize(sum(node_inputs[source])))
+        nodes.append(ops.materialize(sum(node_inputs[source])))
       edges = edges_from(source)
       index = np.array([e for e, _ in edges])
       out = self.fan_out[source](nodes[source], weights[index], train)

@@ -198,3 +198,36 @@ def test_kernel_gradient_skipped_only_where_the_flag_is_false():
   gx, gw = grad(x, w, jnp.array(False))
   np.testing.assert_allclose(gx, gx_ref, rtol=1e-10)
   assert np.abs(gw_ref).max() > 1e-3 and not np.any(gw)
+
+
+def test_materialize_is_the_identity_in_value_and_gradient():
+  x = np.random.default_rng(0).standard_normal((2, 5, 5, 7)).astype(np.float32)
+  x[0, 0, 0] = 0.0
+  np.testing.assert_array_equal(jax.jit(ops.materialize)(x), x)  # bitwise
+  g = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+  _, vjp = jax.vjp(ops.materialize, jnp.asarray(x))
+  np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], g)
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the XLA CPU fusion behaviour')
+def test_materialize_makes_xla_compute_a_cheap_expression_once():
+  """A cheap expression read by three consumers: XLA CPU recomputes it inside each of their
+  fusions, unless it is materialised. Fails if XLA changes either behaviour (then revisit
+  `ops.materialize`)."""
+  import re
+
+  def fusions_computing_y(use):
+    def f(a, b, c):
+      y = a * b + a * c + b * c
+      if use:
+        y = ops.materialize(y)
+      return (jnp.sum(jax.nn.relu(y)), jnp.concatenate([y, y * 2.0], -1),
+              jnp.transpose(y, (0, 3, 1, 2)) + 1.0)
+    x = jnp.ones((4, 8, 8, 3))
+    hlo = jax.jit(f).lower(x, x, x).compile().as_text()
+    computations = re.split(r'\n(?=%|ENTRY)', hlo)
+    return sum(1 for c in computations
+               if c.startswith('%fused') and re.search(r'multiply\(%param[^,]*, %param', c))
+
+  assert fusions_computing_y(False) >= 2
+  assert fusions_computing_y(True) == 1

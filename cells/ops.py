@@ -277,6 +277,13 @@ def _canonical_conv_bwd(stride, dilation, pad, residuals, g):
 canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
 
 
+def _fold(dw, pw):
+  """Depthwise (E,k,k,C) (x) pointwise (E,C,D) -> dense kernels (k,k,C,E,D), written as a
+  broadcast product in the kernel's own layout: as an einsum it became a batched dot plus a
+  transpose copy per kernel, two more kernels for XLA to compile at every shape."""
+  return jnp.transpose(dw, (1, 2, 3, 0))[..., None] * jnp.transpose(pw, (1, 0, 2))
+
+
 def fan_out_dw_pw(x, dw, pw, stride, dilation, form):
   """E edges' depthwise (k x k) + pointwise convs applied to the same input.
 
@@ -286,7 +293,7 @@ def fan_out_dw_pw(x, dw, pw, stride, dilation, form):
   d = pw.shape[-1]
   pad = dilation * (k - 1) // 2
   if form == 'folded':
-    kernel = jnp.einsum('eyxc,ecd->yxced', dw, pw).reshape(k, k, c, e * d)
+    kernel = _fold(dw, pw).reshape(k, k, c, e * d)
     out = conv(x, kernel, stride, dilation, pad)
     return out.reshape(out.shape[:3] + (e, d))
   if form == 'shift':
@@ -311,8 +318,8 @@ def per_edge_dw_pw(x, dw, pw, form):
   e, k, _, c = dw.shape
   pad = (k - 1) // 2
   if form == 'folded':
-    kernels = jnp.einsum('eyxc,ecd->eyxcd', dw, pw)
-    return jnp.stack([conv(x[..., i, :], kernels[i], 1, 1, pad) for i in range(e)], axis=-2)
+    return jnp.stack([conv(x[..., i, :], _fold(dw[i:i + 1], pw[i:i + 1])[..., 0, :], 1, 1, pad)
+                      for i in range(e)], axis=-2)
   if form == 'shift':
     t = None
     for dy, dx, v in taps(x, k, 1, 1, pad):

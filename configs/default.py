@@ -68,6 +68,7 @@ def get_config():
   c.optim.arch_b1 = 0.5
   c.optim.arch_b2 = 0.999
   c.optim.arch_weight_decay = 1e-3
+  c.optim.arch_warmup_epochs = 0  # epochs that train only the weights (PC-DARTS: 15)
 
   c.log_every_steps = 5
   c.checkpoint_every_steps = 50

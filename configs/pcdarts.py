@@ -9,12 +9,12 @@ train_search.py), first order, partial channels K=4 with edge normalisation.
 the paper says "annealed down to zero"), momentum 0.9, wd 3e-4, clip 5; Adam 6e-4
 (0.5, 0.999), wd 1e-3 for the alphas and the betas. The training set is cut into two halves.
 
-Difference from the paper: no warm-up. PC-DARTS trains only the weights for the first 15
-epochs (`if epoch >= 15: architect.step(...)`); this search updates the architecture from
-the first step (there is no config field for an architecture-free warm-up yet).
+Warm-up as the paper's code: the first 15 epochs train only the weights
+(`if epoch >= 15: architect.step(...)`), `optim.arch_warmup_epochs = 15`.
 
 `:mnist5k` is the same recipe shrunk to run offline on a CPU (mnist5k, 4 cells, C=8, so
-the ops see 2 channels in normal cells and 4 in reduction cells; batch 64, 3 epochs).
+the ops see 2 channels in normal cells and 4 in reduction cells; batch 64, 3 epochs, no
+warm-up).
 """
 from dnas.configs import default
 
@@ -34,6 +34,7 @@ def get_config(arg: str | None = None):
     return c
   if arg:
     raise ValueError(f'configs/pcdarts.py takes no argument or "mnist5k", got {arg!r}')
+  c.optim.arch_warmup_epochs = 15
   c.dataset = 'cifar10'
   c.model.channels = 16
   c.model.layers = 8

@@ -119,7 +119,7 @@ def alpha_gradient_fn(order: int, *, loss_fn: LossFn, alpha_loss_term: Callable 
 def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
                 weight_tx: optax.GradientTransformation,
                 alpha_tx: optax.GradientTransformation, alpha_gradient: Callable | None = None,
-                weight_step_alphas: Callable | None = None):
+                weight_step_alphas: Callable | None = None, update_alphas=True):
   """One DARTS step: architecture step, then weight step at the new alphas.
 
   `alpha_gradient` (from `alpha_gradient_fn`) picks first or second order; default first
@@ -130,6 +130,9 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
   perturbations, dnas/regularizers) gives the alphas the weight step trains at; `loss_fn`
   there is the train loss at the current weights as a function of the alphas. The state
   keeps the unperturbed alphas.
+  `update_alphas` (a bool, may be traced) False skips the architecture step: alphas and
+  their optimizer state stay as they are and the weight step trains at them (a warm-up that
+  trains only the weights, as PC-DARTS' first 15 epochs). The gradients are still computed.
   Returns (new state, metrics dict of scalars)."""
   if alpha_gradient is None:
     alpha_gradient = FirstOrder(loss_fn)
@@ -141,21 +144,24 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
     alphas, alpha_opt_state, alpha_grads, (val_loss, val_logits), (
         train_loss, train_logits, batch_stats, weight_grads) = _first_order_passes(
             state, train_batch, val_batch, key_alpha, key_weight, loss_fn=loss_fn,
-            alpha_loss_term=alpha_gradient.alpha_loss_term, alpha_tx=alpha_tx)
+            alpha_loss_term=alpha_gradient.alpha_loss_term, alpha_tx=alpha_tx,
+            update_alphas=update_alphas)
     extra = {}
   elif (shareable and isinstance(alpha_gradient, Unrolled)
         and alpha_gradient.hvp == 'finite_difference'):
     alphas, alpha_opt_state, alpha_grads, (val_loss, val_logits), (
         train_loss, train_logits, batch_stats, weight_grads), extra = _unrolled_passes(
             state, train_batch, val_batch, key_alpha, key_weight, loss_fn=loss_fn,
-            unrolled_grad=alpha_gradient, alpha_tx=alpha_tx)
+            unrolled_grad=alpha_gradient, alpha_tx=alpha_tx, update_alphas=update_alphas)
   else:
     # 1. Architecture step on the val batch; its BN running-stat updates are discarded.
     alpha_grads, val_loss, val_logits, extra = alpha_gradient(state, train_batch, val_batch,
                                                               key_alpha)
     updates, alpha_opt_state = alpha_tx.update(alpha_grads, state.alpha_opt_state,
                                                state.alphas)
-    alphas = optax.apply_updates(state.alphas, updates)
+    alphas, alpha_opt_state = _gate(
+        update_alphas, (optax.apply_updates(state.alphas, updates), alpha_opt_state),
+        (state.alphas, state.alpha_opt_state))
 
     # 2. Weight gradient on the train batch, at the new alphas (or alphas derived from them).
     weight_alphas = alphas
@@ -189,16 +195,24 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
   return new_state, metrics
 
 
-def _adam_step(alpha_tx, grads, carry):
+def _gate(active, new, old):
+  """`new` where `active` (a bool, possibly traced), else `old`; trees of the same shape."""
+  if active is True:
+    return new
+  return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
+
+
+def _adam_step(alpha_tx, grads, carry, active=True):
   alphas, opt_state = carry['alphas'], carry['alpha_opt_state']
-  updates, opt_state = alpha_tx.update(grads, opt_state, alphas)
-  return {**carry, 'alphas': optax.apply_updates(alphas, updates), 'alpha_opt_state': opt_state,
-          'alpha_grads': grads}
+  updates, new_opt_state = alpha_tx.update(grads, opt_state, alphas)
+  alphas, opt_state = _gate(active, (optax.apply_updates(alphas, updates), new_opt_state),
+                            (alphas, opt_state))
+  return {**carry, 'alphas': alphas, 'alpha_opt_state': opt_state, 'alpha_grads': grads}
 
 
 def _first_order_passes(state: SearchState, train_batch, val_batch, key_alpha, key_weight, *,
                         loss_fn: LossFn, alpha_loss_term: Callable | None,
-                        alpha_tx: optax.GradientTransformation):
+                        alpha_tx: optax.GradientTransformation, update_alphas=True):
   """A first-order step's two halves as two passes of one compiled gradient (dnas/passes.py):
   pass 0 differentiates L_val (+ `alpha_loss_term`) at (w, alpha) and takes the Adam step;
   pass 1 differentiates L_train at (w, alpha'). Same numbers as the halves run one by one.
@@ -212,7 +226,8 @@ def _first_order_passes(state: SearchState, train_batch, val_batch, key_alpha, k
       loss_fn, carry, batches=[val_batch, train_batch], keys=[key_alpha, key_weight],
       step=state.step, batch_stats=state.batch_stats,
       prepare=[lambda c: (w, c['alphas'])] * 2,
-      finish=[lambda c, out: _adam_step(alpha_tx, out[2][1], c), lambda c, out: c],
+      finish=[lambda c, out: _adam_step(alpha_tx, out[2][1], c, update_alphas),
+              lambda c, out: c],
       weight_grads=[False, True], alpha_loss_term=alpha_loss_term, term_pass=0)
   return (carry['alphas'], carry['alpha_opt_state'], carry['alpha_grads'],
           (loss[0], logits[0]), (loss[1], logits[1], passes.pick(stats, 1),
@@ -221,7 +236,7 @@ def _first_order_passes(state: SearchState, train_batch, val_batch, key_alpha, k
 
 def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_weight, *,
                      loss_fn: LossFn, unrolled_grad: Unrolled,
-                     alpha_tx: optax.GradientTransformation):
+                     alpha_tx: optax.GradientTransformation, update_alphas=True):
   """A finite-difference second-order step as five passes of one compiled gradient:
     0  grad_w L_train(w, alpha)                 -> the virtual step w'
     1  grad_(w', alpha) L_val(w', alpha)        -> v, the direct term (+ `alpha_loss_term`)
@@ -249,7 +264,7 @@ def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_
   def after_minus(c, out):
     hv = jax.tree.map(lambda p, m: (p - m) / (2 * c['eps']), c['plus'], out[2][1])
     grads = jax.tree.map(lambda d, h: d - xi * h, c['direct'], hv)
-    return _adam_step(alpha_tx, grads, {**c, 'hv_norm': optax.tree.norm(hv)})
+    return _adam_step(alpha_tx, grads, {**c, 'hv_norm': optax.tree.norm(hv)}, update_alphas)
 
   prepare = [
       lambda c: (w, c['alphas']),

@@ -122,13 +122,23 @@ def describe_bilevel(config) -> str:
   return f'second order (hvp={b.get("hvp") or "finite_difference"}, xi={xi})'
 
 
-def hyperparams(config, lr: float) -> dict:
-  """The optimizers' hyperparameters at one step (the weight lr from the schedule)."""
+def hyperparams(config, lr: float, update_alphas: bool = True) -> dict:
+  """The optimizers' hyperparameters at one step (the weight lr from the schedule), and
+  whether the step updates the alphas (False during `optim.arch_warmup_epochs`)."""
   o = config.optim
-  return {'weight': {'learning_rate': lr, 'momentum': o.momentum,
+  return {'update_alphas': np.asarray(update_alphas), 'weight': {'learning_rate': lr, 'momentum': o.momentum,
                      'weight_decay': o.weight_decay, 'grad_clip': o.grad_clip},
           'alpha': {'learning_rate': o.arch_lr, 'b1': o.arch_b1, 'b2': o.arch_b2,
                     'weight_decay': o.arch_weight_decay}}
+
+
+def arch_warmup_steps(config, steps_per_epoch: int) -> int:
+  """Steps that train only the weights (`optim.arch_warmup_epochs`, PC-DARTS' 15 epochs)."""
+  epochs = config.optim.get('arch_warmup_epochs', 0)
+  if not isinstance(epochs, int) or isinstance(epochs, bool) or not 0 <= epochs <= config.epochs:
+    raise ValueError(f'optim.arch_warmup_epochs must be a whole number of epochs from 0 to '
+                     f'epochs ({config.epochs}), got {epochs!r}')
+  return epochs * steps_per_epoch
 
 
 def build_optimizers(config, steps_per_epoch: int):
@@ -152,7 +162,8 @@ def train_step(state: SearchState, train_batch, val_batch, hparams, *, step_kwar
       weight_opt_state=state.weight_opt_state._replace(hyperparams=cast(hparams['weight'])),
       alpha_opt_state=state.alpha_opt_state._replace(hyperparams=cast(hparams['alpha'])))
   terms = regs.loss_terms(state.alphas, state.step) if regs else {}
-  state, metrics = bilevel.search_step(state, train_batch, val_batch, **step_kwargs)
+  state, metrics = bilevel.search_step(state, train_batch, val_batch,
+                                       update_alphas=hparams['update_alphas'], **step_kwargs)
   return state, {**metrics, **{f'regularizer_loss/{k}': v for k, v in terms.items()}}
 
 
@@ -303,6 +314,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = (config.steps_per_epoch or
                      data.num_examples(config.dataset, 'train', data_dir) // config.batch_size)
   total_steps = config.epochs * steps_per_epoch
+  warmup_steps = arch_warmup_steps(config, steps_per_epoch)
 
   # ---- model and state
   regs = make_regularizers(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -330,7 +342,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'regularizers: {", ".join(r.name for r in regs.items) or "none"}; '
       f'{n_weights:,} weights; {total_steps} steps ({config.epochs} epochs x '
       f'{steps_per_epoch}); backend={jax.default_backend()}, '
-      f'{dp.describe(config.batch_size)}')
+      f'{dp.describe(config.batch_size)}' +
+      (f'; weights only (no architecture step) for the first {warmup_steps} steps'
+       if warmup_steps else ''))
 
   # ---- step
   loss_fn = bilevel.classification_loss(graphdef)
@@ -369,7 +383,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   try:
     for step in range(start, total_steps if stop is None else start):
-      hparams = hyperparams(config, float(lr_schedule(step)))
+      hparams = hyperparams(config, float(lr_schedule(step)),
+                            update_alphas=step >= warmup_steps)
       state, metrics = step_fn(state, dp.global_batch(train_ds[step]),
                                dp.global_batch(val_ds[step]), hparams)
       done = step + 1

@@ -44,7 +44,8 @@ def test_first_order_step_follows_the_darts_update_rule():
   step = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn,
                                    weight_tx=weight_tx, alpha_tx=alpha_tx))
   train, val = batch(1), batch(2)
-  new, metrics = step(state, train, val)
+  # update_alphas traced (as the trainer feeds it): one compiled step serves the warm-up too.
+  new, metrics = step(state, train, val, update_alphas=jnp.array(True))
 
   # Alphas: first Adam step on the val-batch gradient (+ L2 decay): m/sqrt(v) = g/|g|.
   g_a = jax.jit(jax.grad(lambda w, a, s: loss_fn(w, a, s, val, None, 0)[0], argnums=1))(
@@ -55,8 +56,9 @@ def test_first_order_step_follows_the_darts_update_rule():
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
   # Weights: the train-batch gradient at the *new* alphas, clipped, + L2 decay, SGD.
-  (_, (_, expect_stats)), g_w = jax.jit(jax.value_and_grad(
-      lambda w, a, s: loss_fn(w, a, s, train, None, 0), has_aux=True))(weights, new.alphas, stats)
+  train_grad = jax.jit(jax.value_and_grad(lambda w, a, s: loss_fn(w, a, s, train, None, 0),
+                                          has_aux=True))
+  (_, (_, expect_stats)), g_w = train_grad(weights, new.alphas, stats)
   norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(g_w)))
   scale = jnp.minimum(1.0, clip / norm)
   expect_w = jax.tree.map(lambda w, g: w - lr * (g * scale + wd * w), weights, g_w)
@@ -71,10 +73,14 @@ def test_first_order_step_follows_the_darts_update_rule():
 
   # Alphas never see the train batch: another train batch gives the same new alphas,
   # but different weights.
-  other, _ = step(state, batch(7), val)
+  other, _ = step(state, batch(7), val, update_alphas=jnp.array(True))
   for a, b in zip(jax.tree.leaves(other.alphas), jax.tree.leaves(new.alphas)):
     np.testing.assert_array_equal(a, b)
   assert not np.allclose(jax.tree.leaves(other.weights)[0], jax.tree.leaves(new.weights)[0])
+
+  # Architecture warm-up (update_alphas=False) through the same compiled step.
+  check_warm_up_step(step, state, train, val, lambda w, a: train_grad(w, a, stats)[1],
+                     lr, wd, clip)
 
 
 def test_cosine_schedule_is_torch_cosine_annealing_per_epoch():
@@ -113,3 +119,46 @@ def test_shared_pass_step_equals_two_separate_halves_with_a_val_only_term():
   # The term is in the val loss: the logged val loss exceeds the plain loss by the term.
   plain = bilevel.classification_loss(graphdef)(weights, alphas, stats, batch(2), None, 0)[0]
   np.testing.assert_allclose(m1['val_loss'] - plain, term(alphas, 0), rtol=1e-6)
+
+
+@pytest.mark.parametrize('path', ['pass_by_pass', 'unrolled'])
+def test_warm_up_step_trains_only_the_weights_at_the_current_alphas(path):
+  """update_alphas=False (a traced bool, as the trainer feeds it): alphas and their Adam state
+  stay; the weights take the plain SGD step at the *unchanged* alphas, computed here by hand.
+  The shared-pass path is checked in test_first_order_step_follows_the_darts_update_rule; here
+  the halves one by one (the batches differ in shape) and the unrolled finite-difference
+  passes."""
+  graphdef, alphas, stats, weights = tiny_model()
+  loss_fn = bilevel.classification_loss(graphdef)
+  lr, wd, clip = 0.025, 3e-4, 5.0
+  weight_tx = bilevel.weight_optimizer(learning_rate=lr, weight_decay=wd, grad_clip=clip)
+  alpha_tx = bilevel.alpha_optimizer()
+  state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
+                      batch_stats=stats, weight_opt_state=weight_tx.init(weights),
+                      alpha_opt_state=alpha_tx.init(alphas),
+                      rng=jax.random.key_data(jax.random.key(0)))
+  alpha_gradient = (bilevel.alpha_gradient_fn(2, loss_fn=loss_fn, xi=lr) if path == 'unrolled'
+                    else None)
+  step = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn, weight_tx=weight_tx,
+                                   alpha_tx=alpha_tx, alpha_gradient=alpha_gradient))
+  train, val = batch(1), batch(2, n=6 if path == 'pass_by_pass' else 4)
+  grad_w = jax.jit(jax.grad(lambda w, a: loss_fn(w, a, stats, train, None, 0)[0]))
+  check_warm_up_step(step, state, train, val, grad_w, lr, wd, clip)
+
+
+def check_warm_up_step(step, state, train, val, grad_w, lr, wd, clip):
+  """`step` with update_alphas=False keeps the alphas and their optimizer state bit for bit
+  and takes the clipped SGD step (no momentum yet) of grad_w(w, alpha) at the old alphas;
+  with update_alphas=True (the same compiled step) the alphas move."""
+  frozen, _ = step(state, train, val, update_alphas=jnp.array(False))
+  for got, want in zip(jax.tree.leaves(frozen.alphas) + jax.tree.leaves(frozen.alpha_opt_state),
+                       jax.tree.leaves(state.alphas) + jax.tree.leaves(state.alpha_opt_state)):
+    np.testing.assert_array_equal(got, want)
+  g_w = grad_w(state.weights, state.alphas)
+  norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(g_w)))
+  scale = jnp.minimum(1.0, clip / norm)
+  expect_w = jax.tree.map(lambda w, g: w - lr * (g * scale + wd * w), state.weights, g_w)
+  for got, want in zip(jax.tree.leaves(frozen.weights), jax.tree.leaves(expect_w)):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+  moved, _ = step(state, train, val, update_alphas=jnp.array(True))
+  assert not np.allclose(jax.tree.leaves(moved.alphas)[0], jax.tree.leaves(state.alphas)[0])

@@ -68,8 +68,33 @@ def test_rerun_resumes_from_the_checkpoint(finished_run, tfds_dir, cache_dir, tm
   # The resumed run started from the saved alphas, not from a fresh initialisation.
   first = [json.loads(l) for l in open(os.path.join(workdir, 'alphas.jsonl'))][0]
   assert history[0] == first
+  alphas = lambda h: (h['normal'], h['reduce'])
+  assert alphas(history[1]) != alphas(history[0])  # the architecture steps moved the alphas
   assert json.load(open(os.path.join(resumed, 'result.json')))['steps'] == 4
   assert before['steps'] == 2
+
+
+def test_architecture_warm_up_trains_only_the_weights(finished_run, tfds_dir, cache_dir,
+                                                      tmp_path):
+  """Resumed with a 2-epoch warm-up (`optim.arch_warmup_epochs`, PC-DARTS' first epochs):
+  steps 3-4 lie in it, so the alphas after step 4 are those after step 2, while the same
+  resume without warm-up moves them (test above)."""
+  workdir, _ = finished_run
+  resumed = str(tmp_path / 'warm')
+  subprocess.run(['cp', '-r', workdir, resumed], check=True)
+  proc = run_search(resumed, tfds_dir, cache_dir, '--config.epochs=2',
+                    '--config.optim.arch_warmup_epochs=2')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'weights only (no architecture step) for the first 4 steps' in proc.stdout
+  history = [json.loads(l) for l in open(os.path.join(resumed, 'alphas.jsonl'))]
+  assert [h['step'] for h in history] == [2, 4]
+  assert (history[1]['normal'], history[1]['reduce']) == (history[0]['normal'],
+                                                          history[0]['reduce'])
+  bad = run_search(str(tmp_path / 'bad'), tfds_dir, cache_dir, '--config.epochs=1',
+                   '--config.optim.arch_warmup_epochs=3')
+  assert bad.returncode != 0
+  assert 'optim.arch_warmup_epochs must be a whole number of epochs from 0 to epochs (1)' in (
+      bad.stderr), bad.stderr[-2000:]
 
 
 @pytest.mark.xdist_group('second_order_cli')  # its own worker: off the shared run's path

@@ -222,7 +222,7 @@ def _first_order_passes(state: SearchState, train_batch, val_batch, key_alpha, k
   w = state.weights
   carry = {'alphas': state.alphas, 'alpha_opt_state': state.alpha_opt_state,
            'alpha_grads': state.alphas}
-  carry, (loss, (logits, stats), (weight_grads, _)) = passes.run(
+  carry, (loss, logits, _), (stats, weight_grads) = passes.run(
       loss_fn, carry, batches=[val_batch, train_batch], keys=[key_alpha, key_weight],
       step=state.step, batch_stats=state.batch_stats,
       prepare=[lambda c: (w, c['alphas'])] * 2,
@@ -230,8 +230,7 @@ def _first_order_passes(state: SearchState, train_batch, val_batch, key_alpha, k
               lambda c, out: c],
       weight_grads=[False, True], alpha_loss_term=alpha_loss_term, term_pass=0)
   return (carry['alphas'], carry['alpha_opt_state'], carry['alpha_grads'],
-          (loss[0], logits[0]), (loss[1], logits[1], passes.pick(stats, 1),
-                                 passes.pick(weight_grads, 1)))
+          (loss[0], logits[0]), (loss[1], logits[1], stats, weight_grads))
 
 
 def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_weight, *,
@@ -281,7 +280,7 @@ def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_
       after_minus,
       lambda c, out: c,
   ]
-  carry, (loss, (logits, stats), (weight_grads, _)) = passes.run(
+  carry, (loss, logits, _), (stats, weight_grads) = passes.run(
       loss_fn, carry, batches=[train_batch, val_batch, train_batch, train_batch, train_batch],
       keys=[key_train, key_val, key_train, key_train, key_weight], step=state.step,
       batch_stats=state.batch_stats, prepare=prepare, finish=finish,
@@ -289,8 +288,7 @@ def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_
       term_pass=1)
   extra = {'hvp_norm': carry['hv_norm'], 'unrolled_grad_norm': optax.tree.norm(carry['v'])}
   return (carry['alphas'], carry['alpha_opt_state'], carry['alpha_grads'],
-          (loss[1], logits[1]), (loss[4], logits[4], passes.pick(stats, 4),
-                                 passes.pick(weight_grads, 4)), extra)
+          (loss[1], logits[1]), (loss[4], logits[4], stats, weight_grads), extra)
 
 
 def weight_optimizer(*, learning_rate, momentum: float = 0.9, weight_decay: float = 3e-4,

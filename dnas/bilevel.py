@@ -157,11 +157,8 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
     # 1. Architecture step on the val batch; its BN running-stat updates are discarded.
     alpha_grads, val_loss, val_logits, extra = alpha_gradient(state, train_batch, val_batch,
                                                               key_alpha)
-    updates, alpha_opt_state = alpha_tx.update(alpha_grads, state.alpha_opt_state,
-                                               state.alphas)
-    alphas, alpha_opt_state = _gate(
-        update_alphas, (optax.apply_updates(state.alphas, updates), alpha_opt_state),
-        (state.alphas, state.alpha_opt_state))
+    alphas, alpha_opt_state = _alpha_step(alpha_tx, alpha_grads, state.alphas,
+                                          state.alpha_opt_state, update_alphas)
 
     # 2. Weight gradient on the train batch, at the new alphas (or alphas derived from them).
     weight_alphas = alphas
@@ -195,18 +192,19 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
   return new_state, metrics
 
 
-def _gate(active, new, old):
-  """`new` where `active` (a bool, possibly traced), else `old`; trees of the same shape."""
+def _alpha_step(alpha_tx, grads, alphas, opt_state, active=True):
+  """The architecture optimizer's step -> (alphas, opt_state); where `active` (a bool,
+  possibly traced) is False, both stay as they were (the architecture warm-up)."""
+  updates, new_opt_state = alpha_tx.update(grads, opt_state, alphas)
+  new = (optax.apply_updates(alphas, updates), new_opt_state)
   if active is True:
     return new
-  return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
+  return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, (alphas, opt_state))
 
 
 def _adam_step(alpha_tx, grads, carry, active=True):
-  alphas, opt_state = carry['alphas'], carry['alpha_opt_state']
-  updates, new_opt_state = alpha_tx.update(grads, opt_state, alphas)
-  alphas, opt_state = _gate(active, (optax.apply_updates(alphas, updates), new_opt_state),
-                            (alphas, opt_state))
+  alphas, opt_state = _alpha_step(alpha_tx, grads, carry['alphas'], carry['alpha_opt_state'],
+                                  active)
   return {**carry, 'alphas': alphas, 'alpha_opt_state': opt_state, 'alpha_grads': grads}
 
 

@@ -126,7 +126,8 @@ def hyperparams(config, lr: float, update_alphas: bool = True) -> dict:
   """The optimizers' hyperparameters at one step (the weight lr from the schedule), and
   whether the step updates the alphas (False during `optim.arch_warmup_epochs`)."""
   o = config.optim
-  return {'update_alphas': np.asarray(update_alphas), 'weight': {'learning_rate': lr, 'momentum': o.momentum,
+  return {'update_alphas': np.asarray(update_alphas),
+          'weight': {'learning_rate': lr, 'momentum': o.momentum,
                      'weight_decay': o.weight_decay, 'grad_clip': o.grad_clip},
           'alpha': {'learning_rate': o.arch_lr, 'b1': o.arch_b1, 'b2': o.arch_b2,
                     'weight_decay': o.arch_weight_decay}}

@@ -16,6 +16,14 @@ from tiny_problem import batch, tiny_model  # tests/dnas/tiny_problem.py
 pytestmark = pytest.mark.usefixtures('x64')
 
 
+def initial_state(weights, alphas, stats, weight_tx, alpha_tx, seed):
+  """The search state at step 0, both optimizers freshly initialised."""
+  return SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
+                     batch_stats=stats, weight_opt_state=weight_tx.init(weights),
+                     alpha_opt_state=alpha_tx.init(alphas),
+                     rng=jax.random.key_data(jax.random.key(seed)))
+
+
 def test_alpha_gradient_matches_central_finite_differences():
   graphdef, alphas, stats, weights = tiny_model()
   loss_fn = bilevel.classification_loss(graphdef)
@@ -37,10 +45,7 @@ def test_first_order_step_follows_the_darts_update_rule():
   lr, wd, clip, arch_lr, arch_wd = 0.025, 3e-4, 5.0, 3e-4, 1e-3
   weight_tx = bilevel.weight_optimizer(learning_rate=lr, weight_decay=wd, grad_clip=clip)
   alpha_tx = bilevel.alpha_optimizer(learning_rate=arch_lr, weight_decay=arch_wd)
-  state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
-                      batch_stats=stats, weight_opt_state=weight_tx.init(weights),
-                      alpha_opt_state=alpha_tx.init(alphas),
-                      rng=jax.random.key_data(jax.random.key(0)))
+  state = initial_state(weights, alphas, stats, weight_tx, alpha_tx, seed=0)
   step = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn,
                                    weight_tx=weight_tx, alpha_tx=alpha_tx))
   train, val = batch(1), batch(2)
@@ -101,10 +106,7 @@ def test_shared_pass_step_equals_two_separate_halves_with_a_val_only_term():
   term = lambda a, step: 0.3 * sum(jnp.sum(jax.nn.logsumexp(x, -1)) for x in jax.tree.leaves(a))
   weight_tx = bilevel.weight_optimizer(learning_rate=0.025)
   alpha_tx = bilevel.alpha_optimizer()
-  state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
-                      batch_stats=stats, weight_opt_state=weight_tx.init(weights),
-                      alpha_opt_state=alpha_tx.init(alphas),
-                      rng=jax.random.key_data(jax.random.key(3)))
+  state = initial_state(weights, alphas, stats, weight_tx, alpha_tx, seed=3)
   first = bilevel.alpha_gradient_fn(1, loss_fn=loss_fn, alpha_loss_term=term)
   halves = lambda *args: first(*args)  # not a FirstOrder: search_step runs separate halves
   kw = dict(loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx)
@@ -137,10 +139,7 @@ def test_warm_up_step_trains_only_the_weights_at_the_current_alphas():
   lr, wd, clip = 0.025, 3e-4, 5.0
   weight_tx = bilevel.weight_optimizer(learning_rate=lr, weight_decay=wd, grad_clip=clip)
   alpha_tx = bilevel.alpha_optimizer()
-  state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
-                      batch_stats=stats, weight_opt_state=weight_tx.init(weights),
-                      alpha_opt_state=alpha_tx.init(alphas),
-                      rng=jax.random.key_data(jax.random.key(0)))
+  state = initial_state(weights, alphas, stats, weight_tx, alpha_tx, seed=0)
   alpha_gradient = bilevel.alpha_gradient_fn(2, loss_fn=loss_fn, xi=lr)
   step = jax.jit(functools.partial(bilevel.search_step, loss_fn=loss_fn, weight_tx=weight_tx,
                                    alpha_tx=alpha_tx, alpha_gradient=alpha_gradient))

@@ -12,7 +12,7 @@ import pytest
 from dnas import bilevel, unrolled
 from dnas.state import SearchState
 
-from tiny_problem import batch, tiny_model  # tests/dnas/tiny_problem.py
+from tiny_problem import batch, check_warm_up_step, tiny_model  # tests/dnas/tiny_problem.py
 
 # One xdist worker (--dist loadgroup) runs these tests, so the compiled gradients are shared.
 pytestmark = [pytest.mark.usefixtures('x64'), pytest.mark.xdist_group('unrolled')]
@@ -28,7 +28,8 @@ def problem():
     weight_tx = bilevel.weight_optimizer(learning_rate=LR, momentum=MOMENTUM, weight_decay=WD)
     alpha_tx = bilevel.alpha_optimizer()
     # A non-zero momentum buffer, so that the unrolled step's momentum term is exercised.
-    buf = jax.tree.map(lambda w: 0.1 * jax.random.normal(jax.random.key(5), w.shape, w.dtype),
+    rng = np.random.default_rng(5)  # drawn on the host: no per-shape compiles of a sampler
+    buf = jax.tree.map(lambda w: jnp.asarray(0.1 * rng.standard_normal(w.shape), w.dtype),
                        weights)
     opt_state = optax.tree.set(weight_tx.init(weights), trace=buf)
     state = SearchState(step=jnp.zeros((), jnp.int32), weights=weights, alphas=alphas,
@@ -45,6 +46,18 @@ def compiled_unrolled_grad(loss_fn, hvp):
   return jax.jit(lambda state, train, val, key, xi, radius: unrolled.alpha_gradient(
       state, train, val, key, loss_fn=loss_fn, xi=xi, momentum=MOMENTUM, weight_decay=WD,
       hvp=hvp, fd_radius=radius)[0])
+
+
+@functools.lru_cache
+def compiled_first_order_grad(loss_fn):
+  return jax.jit(lambda state, val, key: bilevel.first_order_alpha_gradient(
+      state, None, val, key, loss_fn=loss_fn)[0])
+
+
+def first_order_grad(p):
+  """The first-order alpha gradient with the val key the unrolled gradient uses."""
+  return compiled_first_order_grad(p['loss_fn'])(p['state'], p['val'],
+                                                 jax.random.split(p['key'])[1])
 
 
 def unrolled_grad(p, hvp, xi=LR, fd_radius=unrolled.FD_RADIUS):
@@ -73,9 +86,7 @@ def flat(tree):
 def test_exact_hvp_gradient_equals_autodiff_through_the_unrolled_step(problem):
   want = flat(through_the_update(problem))
   got = flat(unrolled_grad(problem, 'exact'))
-  first = flat(bilevel.first_order_alpha_gradient(problem['state'], None, problem['val'],
-                                                  jax.random.split(problem['key'])[1],
-                                                  loss_fn=problem['loss_fn'])[0])
+  first = flat(first_order_grad(problem))
   # The second-order term is not negligible here, so this comparison can fail.
   assert np.linalg.norm(want - first) > 1e-3 * np.linalg.norm(want)
   np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
@@ -105,9 +116,10 @@ def test_finite_difference_hvp_formula_on_a_smooth_function(x64):
 
 def test_finite_difference_hvp_on_the_network(problem):
   """On the search network FD matches the exact product only while w +- eps v stays in one
-  linear piece of the ReLU / max-pool network. Measured on this tiny net (4 images): relative
-  error 5.5 at the paper's radius 0.01 and 3.5 at 1e-4 (a gradient jump lies that close to w),
-  ~4e-9 at 1e-5 and 1e-6, 2e-8 at 1e-7 (float64 rounding, ~1e-16 / eps, takes over). So the
+  linear piece of the ReLU / max-pool network. Measured on this tiny net (4 images, the
+  STEP_OPS): relative error 1.4 at the paper's radius 0.01, 1.8 at 1e-3 and 0.73 at 1e-4 (a
+  gradient jump lies that close to w), 1.9e-9 at 1e-5, 5.8e-10 at 1e-6, 1.5e-8 at 1e-7
+  (float64 rounding, ~1e-16 / eps, takes over). So the
   implementation is checked where FD is accurate; the paper's radius is accurate only where
   batches average many kinks, and `exact` has none of this error."""
   exact = flat(unrolled_grad(problem, 'exact'))
@@ -118,9 +130,7 @@ def test_finite_difference_hvp_on_the_network(problem):
 
 
 def test_xi_zero_is_the_first_order_gradient(problem):
-  key_val = jax.random.split(problem['key'])[1]
-  first = flat(bilevel.first_order_alpha_gradient(problem['state'], None, problem['val'], key_val,
-                                                  loss_fn=problem['loss_fn'])[0])
+  first = flat(first_order_grad(problem))
   for hvp in unrolled.HVP_MODES:
     np.testing.assert_allclose(flat(unrolled_grad(problem, hvp, xi=0.0)), first, rtol=1e-12,
                                atol=1e-15)
@@ -151,10 +161,18 @@ def test_shared_pass_finite_difference_step_equals_the_pass_by_pass_step(problem
                                        alpha_gradient=lambda *a: unrolled_grad(*a), **kw))
   s1, s2 = state, state
   for _ in range(2):
-    s1, m1 = shared(s1, p['train'], p['val'])
+    # update_alphas traced, as the trainer feeds it: the warm-up check below reuses the compile.
+    s1, m1 = shared(s1, p['train'], p['val'], update_alphas=jnp.array(True))
     s2, m2 = separate(s2, p['train'], p['val'])
   for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
     np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
   for k in m2:
     np.testing.assert_allclose(m1[k], m2[k], rtol=1e-8, err_msg=k)
   assert float(m1['hvp_norm']) > 0
+
+  # Architecture warm-up (update_alphas=False) on the unrolled passes: the weights take the
+  # momentum SGD step at the unchanged alphas, from the state's non-zero momentum buffer.
+  grad_w = jax.jit(jax.grad(lambda w, a: p['loss_fn'](w, a, state.batch_stats, p['train'],
+                                                      None, 0)[0]))
+  check_warm_up_step(shared, state, p['train'], p['val'], grad_w, LR, WD, clip=5.0,
+                     momentum=MOMENTUM)

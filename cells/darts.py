@@ -49,10 +49,15 @@ def edges_from(source: int, num_nodes: int = 4) -> list[tuple[int, int]]:
 
 
 def check_primitives(primitives: Sequence[str]) -> tuple[str, ...]:
+  """A candidate op list for the DARTS supernet: DARTS ops, each once (a repeated op would
+  get two alphas on one edge: e.g. an absl tuple override given twice concatenates)."""
+  primitives = tuple(primitives)
   unknown = [p for p in primitives if p not in PRIMITIVES]
   if unknown or not primitives:
     raise ValueError(f'unknown DARTS op(s) {unknown}; valid ops: {", ".join(PRIMITIVES)}')
-  return tuple(primitives)
+  if len(set(primitives)) != len(primitives):
+    raise ValueError(f'DARTS op list {list(primitives)} repeats an op; list each once')
+  return primitives
 
 
 class FanOutMixedOp(nnx.Module):

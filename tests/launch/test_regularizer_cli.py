@@ -48,7 +48,9 @@ def cache(tmp_path_factory):
 
 def test_combined_regularizers_stop_early_cleanly_and_log_their_terms(tmp_path, tfds_dir, cache):
   workdir = str(tmp_path / 'w')
-  proc = run_search(workdir, tfds_dir, cache, *REGS)
+  # All 8 ops (ops=None): with run_search's 4 there is one learnable op, nothing for
+  # DARTS+'s criterion 2 to rank.
+  proc = run_search(workdir, tfds_dir, cache, *REGS, ops=None)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout + proc.stderr
   assert 'regularizers: beta_decay, darts_minus, darts_plus' in out
@@ -72,7 +74,7 @@ def test_combined_regularizers_stop_early_cleanly_and_log_their_terms(tmp_path, 
   assert lam[0] == 0.0 and lam[-1] > 0  # lambda is 0 in epoch 0, then grows
 
   # Rerunning the stopped search trains no further.
-  again = run_search(workdir, tfds_dir, cache, *REGS)
+  again = run_search(workdir, tfds_dir, cache, *REGS, ops=None)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'early stop (already met at step 4): darts_plus' in again.stdout
   assert json.load(open(os.path.join(workdir, 'result.json')))['steps'] == 4

@@ -26,12 +26,16 @@ CONFIG = os.path.join(ROOT, 'configs', 'default.py')
 OPS = ('none', 'max_pool_3x3', 'skip_connect', 'sep_conv_3x3')
 
 
-def run_search(workdir, tfds_dir, cache_dir, *overrides):
+def run_search(workdir, tfds_dir, cache_dir, *overrides, ops=OPS):
+  """ops=None: the config's 8 ops. (A tuple field given twice on the command line is
+  concatenated, so the op set is an argument, not an override.)"""
   cmd = [sys.executable, '-m', 'dnas.launch.search', f'--config={CONFIG}',
          f'--workdir={workdir}', f'--compilation_cache_dir={cache_dir}',
          f'--config.data_dir={tfds_dir}', '--config.model.channels=4', '--config.model.layers=3',
          '--config.batch_size=16', '--config.steps_per_epoch=2', '--config.log_every_steps=1',
-         '--config.checkpoint_every_steps=2', f'--config.model.primitives={OPS!r}', *overrides]
+         '--config.checkpoint_every_steps=2', *overrides]
+  if ops is not None:
+    cmd.append(f'--config.model.primitives={ops!r}')
   env = dict(os.environ, TQDM_DISABLE='1')
   return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
@@ -125,12 +129,14 @@ def test_second_order_search_takes_the_unrolled_path(tfds_dir, tmp_path):
     (['--config.relaxation=gumble'], "unknown relaxation 'gumble'; valid names: dirichlet, "
                                      'gumbel_hard, gumbel_softmax, sigmoid, softmax'),
     (["--config.model.primitives=('sep_conv_3x3','conv_9x9')"], "unknown DARTS op(s) ['conv_9x9']"),
+    (["--config.model.primitives=('skip_connect','sep_conv_3x3','skip_connect')"],
+     "DARTS op list ['skip_connect', 'sep_conv_3x3', 'skip_connect'] repeats an op; list each once"),
     (['--config.dataset=imagenet'], "Unknown dataset 'imagenet'"),
     (['--config.bilevel.hvp=exact'], 'bilevel.hvp and bilevel.xi only apply to second order'),
     (['--config.bilevel.order=3'], 'bilevel.order must be 1 (first order) or 2 (unrolled)'),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, tfds_dir, cache_dir, overrides, message):
-  proc = run_search(str(tmp_path / 'w'), tfds_dir, cache_dir, *overrides)
+  proc = run_search(str(tmp_path / 'w'), tfds_dir, cache_dir, *overrides, ops=None)
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr or 'no_such_field' in message

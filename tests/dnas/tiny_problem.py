@@ -3,6 +3,7 @@ warm-up check that several step tests share."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from dnas import arch
@@ -49,8 +50,7 @@ def check_warm_up_step(step, state, train, val, grad_w, lr, wd, clip, momentum=0
   g_w = grad_w(state.weights, state.alphas)
   norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(g_w)))
   scale = jnp.minimum(1.0, clip / norm)
-  trace = [s for s in jax.tree.leaves(state.weight_opt_state, is_leaf=lambda s: hasattr(
-      s, 'trace')) if hasattr(s, 'trace')][0].trace
+  trace = optax.tree.get(state.weight_opt_state, 'trace')
   expect_w = jax.tree.map(lambda w, g, b: w - lr * (momentum * b + g * scale + wd * w),
                           state.weights, g_w, trace)
   for got, want in zip(jax.tree.leaves(frozen.weights), jax.tree.leaves(expect_w)):

@@ -257,12 +257,12 @@ def retrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'{dp.describe(config.batch_size)}')
 
   # ---- step: state replicated, the batch split on its batch axis
-  # Compiled ahead of the first call: the compiler's freed memory goes back to the OS before
-  # the step's buffers are allocated (trainers/host_memory.py).
+  # Compiled ahead of the first call: the compiler's freed memory and JAX's tracing caches go
+  # back to the OS before the step's buffers are allocated (trainers/host_memory.py).
   step_fn = host_memory.CompileFirst(jax.jit(
       functools.partial(train_step, graphdef=graphdef, tx=tx, aux_weight=config.aux_weight),
       in_shardings=(dp.replicated, dp.batch, dp.replicated, dp.replicated),
-      out_shardings=(dp.replicated, dp.replicated), donate_argnums=0))
+      out_shardings=(dp.replicated, dp.replicated), donate_argnums=0), drop_trace_caches=True)
   eval_batch = make_eval_fn(graphdef, dp)
 
   writer = SummaryWriter(os.path.join(workdir, 'tb')) if main else sharding.NullWriter()

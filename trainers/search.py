@@ -354,15 +354,17 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   alpha_loss_term = regs.loss if regs.has_loss() else None
   alpha_loss_fn = bilevel.with_alpha_term(loss_fn, alpha_loss_term)
   alpha_gradient = make_alpha_gradient(config, loss_fn=loss_fn, alpha_loss_term=alpha_loss_term)
-  # Compiled ahead of the first call so that the compiler's freed memory goes back to the OS
-  # before the step's buffers are allocated (trainers/host_memory.py).
+  # Compiled ahead of the first call so that the compiler's freed memory and JAX's tracing
+  # caches go back to the OS before the step's buffers are allocated (trainers/host_memory.py;
+  # nothing else has been compiled yet that would have to trace again).
   step_fn = host_memory.CompileFirst(jax.jit(functools.partial(
       train_step, regs=regs, step_kwargs=dict(
           loss_fn=loss_fn, weight_tx=weight_tx, alpha_tx=alpha_tx, alpha_gradient=alpha_gradient,
           weight_step_alphas=regs.weight_step_alphas if regs.has_perturbation() else None)),
       # State replicated, batches split on their batch axis: the data-parallel step.
       in_shardings=(dp.replicated, dp.batch, dp.batch, dp.replicated),
-      out_shardings=(dp.replicated, dp.replicated), donate_argnums=0))
+      out_shardings=(dp.replicated, dp.replicated), donate_argnums=0),
+      drop_trace_caches=True)
   eval_batch = make_eval_fn(graphdef, dp)
   eigenvalue_fn = (make_eigenvalue_fn(graphdef, regs, alpha_loss_fn,
                                       dp.global_batch(val_ds[0]))

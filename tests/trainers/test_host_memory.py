@@ -64,3 +64,24 @@ def test_compile_first_matches_jit_and_traces_once():
   assert len(traces) == 1
   with pytest.raises(Exception):  # compiled for one shape: another is an error, not a retrace
     step(np.zeros((3, 3), np.float32), np.zeros((3, 3), np.float32))
+
+
+def test_compile_first_can_drop_jax_trace_caches():
+  # With drop_trace_caches the trace caches are cleared between lowering and compiling:
+  # the step still computes what jit computes, and a function jitted earlier traces again.
+  traces = []
+
+  def g(x):
+    traces.append(1)
+    return x * 2.0
+
+  other = jax.jit(g)
+  x = np.arange(4, dtype=np.float32)
+  other(x)
+  other(x)
+  assert len(traces) == 1  # cached
+  step = host_memory.CompileFirst(jax.jit(lambda a: jnp.cumsum(a) ** 2), drop_trace_caches=True)
+  np.testing.assert_allclose(step(x), np.cumsum(x) ** 2)
+  np.testing.assert_allclose(step(x + 1), np.cumsum(x + 1) ** 2)  # compiled once, reused
+  np.testing.assert_allclose(other(x), 2 * x)
+  assert len(traces) == 2  # the earlier trace was dropped

@@ -91,10 +91,9 @@ def main(argv):
   t0 = time.perf_counter()
   lowered = step.lower(state, *batches[0])
   t1 = time.perf_counter()
-  # As the trainers do (trainers/host_memory.py): JAX's tracing caches dropped before
-  # compiling, the compiler's freed memory returned after.
-  jax.clear_caches()
-  compiled = lowered.compile()
+  # As the trainers compile (trainers/host_memory.py): JAX's tracing caches dropped first,
+  # the compiler's freed memory returned after.
+  compiled = host_memory.compile_lowered(lowered, drop_trace_caches=True)
   del lowered
   host_memory.release_freed_memory()
   t2 = time.perf_counter()

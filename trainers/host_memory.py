@@ -41,17 +41,13 @@ def release_freed_memory() -> bool:
   return True
 
 
-def compile_lean(jitted, *args, drop_trace_caches: bool = False):
-  """`jitted.lower(*args).compile()`, then the compiler's freed memory back to the OS; with
-  `drop_trace_caches`, JAX's tracing caches are cleared after lowering (see above)."""
-  lowered = jitted.lower(*args)
+def compile_lowered(lowered, drop_trace_caches: bool = False):
+  """`lowered.compile()`; with `drop_trace_caches`, JAX's tracing caches are cleared first
+  (see above). The caller releases `lowered`, then the freed memory (`release_freed_memory`)."""
   if drop_trace_caches:
     jax.clear_caches()
     gc.collect()
-  compiled = lowered.compile()
-  del lowered
-  release_freed_memory()
-  return compiled
+  return lowered.compile()
 
 
 class CompileFirst:
@@ -65,6 +61,6 @@ class CompileFirst:
 
   def __call__(self, *args):
     if self._compiled is None:
-      self._compiled = compile_lean(self._jitted, *args,
-                                    drop_trace_caches=self._drop_trace_caches)
+      self._compiled = compile_lowered(self._jitted.lower(*args), self._drop_trace_caches)
+      release_freed_memory()
     return self._compiled(*args)

@@ -5,11 +5,15 @@ fastest) and hands their outputs here together with the relaxed op weights. Ops 
 is identically zero (`none`) are simply left out: their contribution and its derivative are
 zero, and their weight still takes part in the relaxation that normalises the others.
 """
+import functools
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 
 
+# Jitted: traced once per shape (cells/ops.py BatchNorm says why).
+@functools.partial(jax.jit, static_argnames='edge_axis')
 def weighted_sum(outputs: Mapping[int, jnp.ndarray], weights: jnp.ndarray,
                  edge_axis: int | None = None) -> jnp.ndarray:
   """sum_k weights[..., k] * outputs[k].

@@ -231,3 +231,45 @@ def test_materialize_makes_xla_compute_a_cheap_expression_once():
 
   assert fusions_computing_y(False) >= 2
   assert fusions_computing_y(True) == 1
+
+
+def test_batch_norm_matches_pytorch_semantics_by_hand():
+  """Train mode: biased batch variance in the output, running averages with momentum 0.1 and
+  the *unbiased* variance (torch.nn.BatchNorm2d); eval mode: the running averages; affine
+  scale and bias last. Computed here with numpy from the definitions."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, 4, 5, 6)) * 2.0 + 1.5
+  bn = ops.BatchNorm(6, affine=True)
+  bn.scale.set_value(jnp.asarray(rng.standard_normal(6)))
+  bn.bias.set_value(jnp.asarray(rng.standard_normal(6)))
+  flat = x.reshape(-1, 6)
+  mean, var, n = flat.mean(0), flat.var(0), flat.shape[0]
+  scale, bias = np.asarray(bn.scale.get_value()), np.asarray(bn.bias.get_value())
+  y = bn(jnp.asarray(x), train=True)
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5) * scale + bias, rtol=1e-10)
+  run_mean, run_var = 0.1 * mean, 0.9 + 0.1 * var * n / (n - 1)
+  # The running buffers start as float32 (0, 1): 0.9 * 1 carries float32 rounding (~3e-8).
+  np.testing.assert_allclose(bn.mean.get_value(), run_mean, rtol=1e-7)
+  np.testing.assert_allclose(bn.var.get_value(), run_var, rtol=1e-7)
+  y = bn(jnp.asarray(x), train=False)
+  np.testing.assert_allclose(y, (x - run_mean) / np.sqrt(run_var + 1e-5) * scale + bias,
+                             rtol=1e-7, atol=1e-7)
+
+
+def test_batch_norms_of_one_shape_share_one_traced_function():
+  """The BN arithmetic is traced once per shape (why: cells/ops.py BatchNorm): two BNs of
+  one shape and one of another lower to two normalisation functions, not three, and give
+  the same result as BN by hand."""
+  graphdef, state = nnx.split(nnx.List([ops.BatchNorm(4), ops.BatchNorm(4), ops.BatchNorm(8)]))
+  x4 = np.random.default_rng(1).standard_normal((2, 3, 3, 4))
+  x8 = np.random.default_rng(2).standard_normal((2, 3, 3, 8))
+
+  def f(state, x4, x8):
+    bns = nnx.merge(graphdef, state)
+    return bns[0](x4, True) + bns[1](2 * x4, True), bns[2](x8, True)
+
+  text = jax.jit(f).lower(state, x4, x8).as_text()
+  assert text.count('func.func private @_normalize_with_batch_stats') == 2
+  a, b = jax.jit(f)(state, x4, x8)
+  np.testing.assert_allclose(a, _bn(x4) + _bn(2 * x4), rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(b, _bn(x8), rtol=1e-10, atol=1e-12)

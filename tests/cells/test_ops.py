@@ -200,8 +200,9 @@ def test_kernel_gradient_skipped_only_where_the_flag_is_false():
   assert np.abs(gw_ref).max() > 1e-3 and not np.any(gw)
 
 
-def test_materialize_is_the_identity_in_value_and_gradient():
-  x = np.random.default_rng(0).standard_normal((2, 5, 5, 7)).astype(np.float32)
+@pytest.mark.parametrize('channels', [7, 24])  # one block of 7; three blocks of 8
+def test_materialize_is_the_identity_in_value_and_gradient(channels):
+  x = np.random.default_rng(0).standard_normal((2, 5, 5, channels)).astype(np.float32)
   x[0, 0, 0] = 0.0
   np.testing.assert_array_equal(jax.jit(ops.materialize)(x), x)  # bitwise
   g = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
@@ -273,3 +274,42 @@ def test_batch_norms_of_one_shape_share_one_traced_function():
   a, b = jax.jit(f)(state, x4, x8)
   np.testing.assert_allclose(a, _bn(x4) + _bn(2 * x4), rtol=1e-10, atol=1e-12)
   np.testing.assert_allclose(b, _bn(x8), rtol=1e-10, atol=1e-12)
+
+
+def test_bn_vjp_that_keeps_only_its_output_matches_autodiff():
+  """The shared passes' BN (cells/ops.py `_normalize_saving_only_output`) against JAX's own
+  gradient of the plain formula, for cotangents on all three outputs (y, batch mean, batch
+  variance), in float64."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 3, 3, 5)) * 3.0 - 1.0
+  cts = (rng.standard_normal(x.shape), rng.standard_normal(5), rng.standard_normal(5))
+  out, vjp = jax.vjp(lambda x: ops._normalize_saving_only_output(x, 1e-5), x)
+  out_ref, vjp_ref = jax.vjp(lambda x: ops._normalize_with_batch_stats(x, 1e-5), x)
+  for got, want in zip(out, out_ref):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(vjp(cts)[0], vjp_ref(cts)[0], rtol=1e-9, atol=1e-10)
+  assert np.abs(vjp_ref(cts)[0]).max() > 0.1
+
+
+def test_batch_norm_takes_the_output_keeping_vjp_only_inside_a_shared_pass():
+  """Inside kernel_grads.only_if (reverse mode only) a search BN uses the custom VJP, with
+  the same gradient; outside it, and for affine BNs, plain autodiff (which forward mode,
+  the exact HVP, needs)."""
+  from dnas import kernel_grads
+  x = np.random.default_rng(4).standard_normal((2, 4, 4, 3))
+
+  def loss(x, affine, flag):
+    bn = ops.BatchNorm(3, affine=affine)
+    if flag is None:
+      return jnp.sum(jnp.sin(bn(x, True)))
+    with kernel_grads.only_if(flag):
+      return jnp.sum(jnp.sin(bn(x, True)))
+
+  for affine in (False, True):
+    plain = jax.grad(loss)(x, affine, None)
+    inside = jax.jit(jax.grad(loss), static_argnums=1)(x, affine, jnp.array(True))
+    np.testing.assert_allclose(inside, plain, rtol=1e-9, atol=1e-12)
+    text = str(jax.make_jaxpr(lambda x: loss(x, affine, jnp.array(True)))(x))
+    assert ('custom_vjp_call' in text) == (not affine)
+  assert 'custom_vjp_call' not in str(jax.make_jaxpr(lambda x: loss(x, False, None))(x))
+  jax.jvp(jax.grad(lambda x: loss(x, False, None)), (x,), (x,))  # forward-over-reverse works

@@ -128,12 +128,17 @@ class BatchNorm(nnx.Module):
 # `materialize` jitted likewise: lowering 7.4 -> 5.2 s, compile ~4 s shorter (the lowered
 # module shrank from 54k to 33k lines). Ops that hold convs gained nothing from the same
 # treatment: their shapes rarely repeat.
+@functools.partial(jax.jit, static_argnums=3)
+def _normalize(x, mean, var, eps: float):
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def _normalize_with_batch_stats(x, eps: float):
   axes = tuple(range(x.ndim - 1))
   mean = jnp.mean(x, axes)
   var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
-  return (x - mean) * jax.lax.rsqrt(var + eps), mean, var
+  return _normalize(x, mean, var, eps), mean, var
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -185,11 +190,6 @@ def _running_averages(running_mean, running_var, mean, var, momentum: float, unb
   return (1 - m) * running_mean + m * mean, (1 - m) * running_var + m * (var * unbias)
 
 
-@functools.partial(jax.jit, static_argnums=3)
-def _normalize(x, mean, var, eps: float):
-  return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
 @jax.jit
 def _affine(y, scale, bias):
   return y * scale + bias
@@ -219,8 +219,8 @@ def materialize(state):
   read the result. It is exact (x * 1 and sums of zeros; an inf spreads NaN across the
   channels of its block, which the search's NaN check reports). The identity is applied to
   blocks of 8 channels, so it costs 16 flops per element whatever the width (a full C x C
-  identity cost 2 C: 512 at the paper config's widest BN outputs, as much as a 3x3 conv). Small search config, 2 cores: step
-  2.77 -> 2.37 s, compile 42.6 -> 34.6 s. (A division by a run-time 1.0, which XLA will
+  identity cost 2 C: 512 at the paper config's widest BN outputs, as much as a 3x3 conv).
+  Small search config, 2 cores: step 2.77 -> 2.37 s, compile 42.6 -> 34.6 s. (A division by a run-time 1.0, which XLA will
   not duplicate either, was as fast but only while loop-invariant code motion hid the
   divisor's broadcast: XLA otherwise turns it into a cheap multiply.)"""
   if jax.default_backend() != 'cpu':  # GPU/TPU fusion differs; not measured there: a barrier

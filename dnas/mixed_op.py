@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 
-# Jitted: traced once per shape (cells/ops.py BatchNorm says why).
+# Jitted: traced once per shape (the comment above cells/ops.py `_normalize` says why).
 @functools.partial(jax.jit, static_argnames='edge_axis')
 def weighted_sum(outputs: Mapping[int, jnp.ndarray], weights: jnp.ndarray,
                  edge_axis: int | None = None) -> jnp.ndarray:

@@ -43,10 +43,14 @@ def release_freed_memory() -> bool:
 
 def compile_lowered(lowered, drop_trace_caches: bool = False):
   """`lowered.compile()`; with `drop_trace_caches`, JAX's tracing caches are cleared first
-  (see above). The caller releases `lowered`, then the freed memory (`release_freed_memory`)."""
+  (see above). The heap's free pages go back to the OS before compiling as well: glibc hands
+  the compiler's threads their own arenas, which cannot reuse pages freed by tracing in the
+  main thread's. The caller releases `lowered`, then the freed memory
+  (`release_freed_memory`)."""
   if drop_trace_caches:
     jax.clear_caches()
     gc.collect()
+  release_freed_memory()
   return lowered.compile()
 
 

@@ -220,9 +220,10 @@ def materialize(state):
   channels of its block, which the search's NaN check reports). The identity is applied to
   blocks of 8 channels, so it costs 16 flops per element whatever the width (a full C x C
   identity cost 2 C: 512 at the paper config's widest BN outputs, as much as a 3x3 conv).
-  Small search config, 2 cores: step 2.77 -> 2.37 s, compile 42.6 -> 34.6 s. (A division by a run-time 1.0, which XLA will
-  not duplicate either, was as fast but only while loop-invariant code motion hid the
-  divisor's broadcast: XLA otherwise turns it into a cheap multiply.)"""
+  Small search config, 2 cores: step 2.77 -> 2.37 s, compile 42.6 -> 34.6 s. (A division by
+  a run-time 1.0, which XLA will not duplicate either, was as fast but only while
+  loop-invariant code motion hid the divisor's broadcast: XLA otherwise turns it into a
+  cheap multiply.)"""
   if jax.default_backend() != 'cpu':  # GPU/TPU fusion differs; not measured there: a barrier
     return jax.lax.optimization_barrier(state)
   c = state.shape[-1]

@@ -303,9 +303,12 @@ def _conv(x, kernel, stride, dilation, pad, groups=1, lhs_dilation=1):
 
 def conv(x, kernel, stride, dilation, pad, groups=1):
   """Square conv, NHWC x HWIO, symmetric padding. Inside a shared gradient pass
-  (dnas/kernel_grads.py `only_if`) dense convs differentiate through `canonical_conv`;
-  elsewhere, and for grouped convs, through JAX's own rules."""
+  (dnas/kernel_grads.py `only_if`) dense convs differentiate through `canonical_conv`, inside
+  its forward-over-reverse pass (`forward_mode`) through `canonical_jvp_conv`; elsewhere, and
+  for grouped convs, through JAX's own rules."""
   flag = kernel_grads.flag()
+  if groups == 1 and kernel_grads.in_forward_mode():
+    return canonical_jvp_conv(x, kernel, stride, dilation, pad)
   if groups == 1 and flag is not None:
     return canonical_conv(x, kernel, flag, stride, dilation, pad)
   return _conv(x, kernel, stride, dilation, pad, groups)
@@ -358,6 +361,56 @@ def _canonical_conv_bwd(stride, dilation, pad, residuals, g):
 
 
 canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def canonical_jvp_conv(x, kernel, stride, dilation, pad):
+  """`canonical_conv` for forward mode over reverse mode (the exact HVP in the shared loop).
+
+  A `custom_vjp` has no forward-mode rule, so here the JVP is the custom rule and reverse mode
+  transposes it. Its tangent convs are written with permuted dimension labels chosen so that
+  JAX's transpose rules turn them into exactly `canonical_conv`'s backward convs (NHWC x HWIO
+  on physically transposed operands); the primal conv, those transposes and their own JVPs are
+  then all canonical. The tangent convs themselves never run: the shared pass differentiates
+  every kernel in reverse mode, so they are always transposed (a conv whose inputs reverse mode
+  does not reach would run them as written, i.e. slowly, inside a loop)."""
+  return _conv(x, kernel, stride, dilation, pad)
+
+
+_DN = jax.lax.ConvDimensionNumbers
+
+
+@functools.partial(canonical_jvp_conv.defjvp, symbolic_zeros=True)
+def _canonical_jvp_conv_jvp(stride, dilation, pad, primals, tangents):
+  x, kernel = primals
+  dx, dk = tangents
+  y = _conv(x, kernel, stride, dilation, pad)
+  k, n, m = kernel.shape[0], x.shape[1], y.shape[1]
+  span = dilation * (k - 1)
+  terms = []
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    # The kernel read as HWOI: the transpose swaps O and I back, giving the flipped physical
+    # HWIO kernel of `_canonical_conv_bwd`'s input gradient.
+    terms.append(jax.lax.conv_general_dilated(
+        dx, kernel.transpose(0, 1, 3, 2), (stride, stride), [(pad, pad)] * 2,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=_DN((0, 3, 1, 2), (2, 3, 0, 1), (0, 3, 1, 2))))
+  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
+    # x as (C, H, W, N) with N as its features, the kernel tangent as (I, H, W, O), the output
+    # as (H, W, N, O): the transpose w.r.t. the kernel is then the batch/feature-exchanged
+    # canonical conv of `_canonical_conv_bwd` (rows the forward never reads cropped alike).
+    xs, hi = x, span + (m - 1) * stride + 1 - n - pad
+    if hi < 0:
+      xs = x[:, :n + hi, :n + hi]
+    hi_read = (m - 1) * stride + span + 1 - xs.shape[1] - pad
+    t = jax.lax.conv_general_dilated(
+        xs.transpose(3, 1, 2, 0), dk.transpose(2, 0, 1, 3), (stride, stride),
+        [(pad, hi_read)] * 2, rhs_dilation=(dilation, dilation),
+        dimension_numbers=_DN((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)))
+    terms.append(t.transpose(2, 0, 1, 3))
+  if not terms:
+    return y, jnp.zeros_like(y)
+  return y, terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 def _fold(dw, pw):

@@ -124,8 +124,8 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
 
   `alpha_gradient` (from `alpha_gradient_fn`) picks first or second order; default first
   order on `loss_fn`. Without `weight_step_alphas`, with train and val batches of one shape,
-  first order and finite-difference second order run all their gradient passes as
-  iterations of one compiled gradient (dnas/passes.py).
+  first and second order run all their gradient passes as iterations of one compiled
+  gradient (dnas/passes.py).
   `weight_step_alphas(alphas, *, key, step, loss_fn) -> alphas` (optional, e.g. SDARTS'
   perturbations, dnas/regularizers) gives the alphas the weight step trains at; `loss_fn`
   there is the train loss at the current weights as a function of the alphas. The state
@@ -147,8 +147,7 @@ def search_step(state: SearchState, train_batch, val_batch, *, loss_fn: LossFn,
             alpha_loss_term=alpha_gradient.alpha_loss_term, alpha_tx=alpha_tx,
             update_alphas=update_alphas)
     extra = {}
-  elif (shareable and isinstance(alpha_gradient, Unrolled)
-        and alpha_gradient.hvp == 'finite_difference'):
+  elif shareable and isinstance(alpha_gradient, Unrolled):
     alphas, alpha_opt_state, alpha_grads, (val_loss, val_logits), (
         train_loss, train_logits, batch_stats, weight_grads), extra = _unrolled_passes(
             state, train_batch, val_batch, key_alpha, key_weight, loss_fn=loss_fn,
@@ -234,12 +233,14 @@ def _first_order_passes(state: SearchState, train_batch, val_batch, key_alpha, k
 def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_weight, *,
                      loss_fn: LossFn, unrolled_grad: Unrolled,
                      alpha_tx: optax.GradientTransformation, update_alphas=True):
-  """A finite-difference second-order step as five passes of one compiled gradient:
+  """A second-order step as passes of one compiled gradient. Finite differences, five:
     0  grad_w L_train(w, alpha)                 -> the virtual step w'
     1  grad_(w', alpha) L_val(w', alpha)        -> v, the direct term (+ `alpha_loss_term`)
     2  grad_alpha L_train(w + eps v, alpha)
     3  grad_alpha L_train(w - eps v, alpha)     -> H v; the Adam step on alpha
     4  grad_w L_train(w, alpha')                -> the weight step
+  exact, four: passes 2 and 3 become one forward-over-reverse pass (the loop body's other
+  `lax.cond` branch), d/dt grad_alpha L_train(w + t v, alpha) at t = 0 -> H v; the Adam step.
   The numbers are those of `unrolled.alpha_gradient` followed by the weight step (same PRNG
   keys); returns what `_first_order_passes` returns plus the extra metrics."""
   u = unrolled_grad
@@ -258,35 +259,40 @@ def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_
     v, direct = out[2]
     return {**c, 'v': v, 'direct': direct, 'eps': u.fd_radius / optax.tree.norm(v)}
 
-  def after_minus(c, out):
-    hv = jax.tree.map(lambda p, m: (p - m) / (2 * c['eps']), c['plus'], out[2][1])
+  def alpha_step(c, hv):
     grads = jax.tree.map(lambda d, h: d - xi * h, c['direct'], hv)
     return _adam_step(alpha_tx, grads, {**c, 'hv_norm': optax.tree.norm(hv)}, update_alphas)
 
-  prepare = [
-      lambda c: (w, c['alphas']),
-      lambda c: (unrolled.virtual_step(w, c['w_grad'], buf, xi=xi, momentum=u.momentum,
-                                       weight_decay=u.weight_decay), c['alphas']),
-      lambda c: (shifted(c, 1.0), c['alphas']),
-      lambda c: (shifted(c, -1.0), c['alphas']),
-      lambda c: (w, c['alphas']),
-  ]
-  finish = [
-      lambda c, out: {**c, 'w_grad': out[2][0]},
-      after_val,
-      lambda c, out: {**c, 'plus': out[2][1]},
-      after_minus,
-      lambda c, out: c,
-  ]
+  at_w = lambda c: (w, c['alphas'])
+  at_virtual = lambda c: (unrolled.virtual_step(w, c['w_grad'], buf, xi=xi, momentum=u.momentum,
+                                                weight_decay=u.weight_decay), c['alphas'])
+  after_train = lambda c, out: {**c, 'w_grad': out[2][0]}
+  if u.hvp == 'exact':
+    hvp = dict(hvp_pass=2, hvp_direction=lambda c: c['v'])
+    prepare = [at_w, at_virtual, at_w, at_w]
+    finish = [after_train, after_val, lambda c, out: alpha_step(c, out[2][1]),
+              lambda c, out: c]
+    batches = [train_batch, val_batch, train_batch, train_batch]
+    keys = [key_train, key_val, key_train, key_weight]
+    weight_grads = [True, True, False, True]
+  else:
+    hvp = {}
+    prepare = [at_w, at_virtual, lambda c: (shifted(c, 1.0), c['alphas']),
+               lambda c: (shifted(c, -1.0), c['alphas']), at_w]
+    finish = [after_train, after_val, lambda c, out: {**c, 'plus': out[2][1]},
+              lambda c, out: alpha_step(c, jax.tree.map(
+                  lambda p, m: (p - m) / (2 * c['eps']), c['plus'], out[2][1])),
+              lambda c, out: c]
+    batches = [train_batch, val_batch, train_batch, train_batch, train_batch]
+    keys = [key_train, key_val, key_train, key_train, key_weight]
+    weight_grads = [True, True, False, False, True]
   carry, (loss, logits, _), (stats, weight_grads) = passes.run(
-      loss_fn, carry, batches=[train_batch, val_batch, train_batch, train_batch, train_batch],
-      keys=[key_train, key_val, key_train, key_train, key_weight], step=state.step,
+      loss_fn, carry, batches=batches, keys=keys, step=state.step,
       batch_stats=state.batch_stats, prepare=prepare, finish=finish,
-      weight_grads=[True, True, False, False, True], alpha_loss_term=u.alpha_loss_term,
-      term_pass=1)
+      weight_grads=weight_grads, alpha_loss_term=u.alpha_loss_term, term_pass=1, **hvp)
   extra = {'hvp_norm': carry['hv_norm'], 'unrolled_grad_norm': optax.tree.norm(carry['v'])}
   return (carry['alphas'], carry['alpha_opt_state'], carry['alpha_grads'],
-          (loss[1], logits[1]), (loss[4], logits[4], stats, weight_grads), extra)
+          (loss[1], logits[1]), (loss[-1], logits[-1], stats, weight_grads), extra)
 
 
 def weight_optimizer(*, learning_rate, momentum: float = 0.9, weight_decay: float = 3e-4,

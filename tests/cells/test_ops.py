@@ -4,6 +4,8 @@ The reference for every op is written here directly from the DARTS operations (g
 depthwise conv via `feature_group_count`, 1x1 conv, `reduce_window` pooling, batch norm by
 hand), one edge at a time, so it shares no code path with the batched forms in cells/ops.py.
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,6 +179,40 @@ def test_canonical_conv_gradients_equal_jax_conv_gradients(n, k, stride, dilatio
   g = rng.standard_normal(y.shape)
   for got, want in zip(vjp(g), vjp_ref(g)):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('n,k,stride,dilation,pad', [
+    (8, 3, 1, 1, 1), (8, 3, 2, 1, 1), (8, 5, 2, 1, 2), (8, 3, 1, 2, 2), (8, 5, 2, 2, 4),
+    (8, 1, 2, 1, 0), (7, 3, 2, 1, 1), (9, 3, 2, 1, 0), (6, 3, 1, 1, 0)])
+def test_canonical_jvp_conv_forward_over_reverse_equals_jax_conv(n, k, stride, dilation, pad):
+  """canonical_jvp_conv's hand-written tangent rule: reverse mode (its transposes) and
+  forward over reverse (a Hessian-vector product, as the exact second-order HVP takes it)
+  against JAX's own conv rules, and every conv of that HVP canonical (NHWC x HWIO -> NHWC)."""
+  rng = np.random.default_rng(n * 100 + k * 10 + stride + dilation)
+  x, w = rng.standard_normal((2, n, n, 3)), 0.5 * rng.standard_normal((k, k, 3, 3))
+  vx, vw = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
+
+  def loss(conv, scale, x, w):
+    y = jnp.tanh(conv(x, w, stride, dilation, pad)) * scale
+    return jnp.sum(jnp.sin(conv(y, w[::-1], 1, 1, 1)))
+
+  ours = lambda s, x, w: loss(ops.canonical_jvp_conv, s, x, w)
+  ref = lambda s, x, w: loss(lambda x, w, st, d, p: _conv(x, w, st, p, d), s, x, w)
+
+  def hvp(f, x, w):  # d/dt grad_(scale, x, w) f at (x, w) + t (vx, vw)
+    return jax.jvp(lambda x, w: jax.grad(f, (0, 1, 2))(1.3, x, w), (x, w), (vx, vw))
+
+  for got, want in zip(jax.tree.leaves(jax.grad(ours, (0, 1, 2))(1.3, x, w)),
+                       jax.tree.leaves(jax.grad(ref, (0, 1, 2))(1.3, x, w))):
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+  for got, want in zip(jax.tree.leaves(hvp(ours, x, w)), jax.tree.leaves(hvp(ref, x, w))):
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+  spec = r'lhs_spec=(\([\d, ]+\)), rhs_spec=(\([\d, ]+\)), out_spec=(\([\d, ]+\))'
+  specs = re.findall(spec, str(jax.make_jaxpr(lambda x, w: hvp(ours, x, w))(x, w)))
+  canonical = ('(0, 3, 1, 2)', '(3, 2, 0, 1)', '(0, 3, 1, 2)')
+  assert len(specs) >= 8 and set(specs) == {canonical}, set(specs)
+  ref_specs = re.findall(spec, str(jax.make_jaxpr(lambda x, w: hvp(ref, x, w))(x, w)))
+  assert set(ref_specs) != {canonical}  # JAX's own rules permute the labels
 
 
 def test_kernel_gradient_skipped_only_where_the_flag_is_false():

@@ -4,6 +4,7 @@ The reference for every op is written here directly from the DARTS operations (g
 depthwise conv via `feature_group_count`, 1x1 conv, `reduce_window` pooling, batch norm by
 hand), one edge at a time, so it shares no code path with the batched forms in cells/ops.py.
 """
+import contextlib
 import re
 
 import jax
@@ -348,4 +349,19 @@ def test_batch_norm_takes_the_output_keeping_vjp_only_inside_a_shared_pass():
     text = str(jax.make_jaxpr(lambda x: loss(x, affine, jnp.array(True)))(x))
     assert ('custom_vjp_call' in text) == (not affine)
   assert 'custom_vjp_call' not in str(jax.make_jaxpr(lambda x: loss(x, False, None))(x))
-  jax.jvp(jax.grad(lambda x: loss(x, False, None)), (x,), (x,))  # forward-over-reverse works
+
+  # Forward over reverse (kernel_grads.forward_mode, the exact HVP's pass): the output-keeping
+  # JVP, with plain autodiff's HVP; its batch mean and variance tangents too.
+  def stats_loss(x, forward):
+    bn = ops.BatchNorm(3)
+    with kernel_grads.forward_mode() if forward else contextlib.nullcontext():
+      y, mean, var = ops._normalize_tangent_from_output(x, bn.eps) if forward else (
+          ops._normalize_with_batch_stats(x, bn.eps))
+      return jnp.sum(jnp.sin(bn(x, True))) + jnp.sum(jnp.cos(y) * mean) + jnp.sum(var ** 2)
+
+  v = np.random.default_rng(5).standard_normal(x.shape)
+  hvp = lambda f: jax.jvp(jax.grad(f), (x,), (v,))
+  for got, want in zip(hvp(lambda x: stats_loss(x, True)), hvp(lambda x: stats_loss(x, False))):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+  text = str(jax.make_jaxpr(lambda x: stats_loss(x, True))(x))
+  assert text.count('custom_jvp_call') == 2 and 'custom_vjp_call' not in text

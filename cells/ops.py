@@ -360,6 +360,14 @@ def _canonical_conv_fwd(x, kernel, kernel_grad, stride, dilation, pad):
   return _conv(x, kernel, stride, dilation, pad), (x, kernel, kernel_grad)
 
 
+def _rows_read(x, span, stride, pad, m):
+  """x without the trailing rows/columns that a conv with m outputs never reads, and the high
+  padding that then makes its window positions end at the last one read (0 if cropped)."""
+  n = x.shape[1]
+  hi = span + (m - 1) * stride + 1 - n - pad
+  return (x[:, :n + hi, :n + hi], 0) if hi < 0 else (x, hi)
+
+
 def _canonical_conv_bwd(stride, dilation, pad, residuals, g):
   x, kernel, kernel_grad = residuals
   k, n, m = kernel.shape[0], x.shape[1], g.shape[1]
@@ -373,9 +381,7 @@ def _canonical_conv_bwd(stride, dilation, pad, residuals, g):
   def kernel_gradient():
     # A conv of x over g with batch and channels exchanged (channels_in act as the batch,
     # the batch as the contracted features); the stride becomes g's dilation.
-    xs, hi = x, span + (m - 1) * stride + 1 - n - pad
-    if hi < 0:  # trailing rows the forward pass never read
-      xs, hi = x[:, :n + hi, :n + hi], 0
+    xs, hi = _rows_read(x, span, stride, pad, m)
     dk = _conv(xs.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), dilation, stride,
                [(pad, hi), (pad, hi)])
     return dk.transpose(1, 2, 0, 3)
@@ -412,8 +418,7 @@ def _canonical_jvp_conv_jvp(stride, dilation, pad, primals, tangents):
   x, kernel = primals
   dx, dk = tangents
   y = _conv(x, kernel, stride, dilation, pad)
-  k, n, m = kernel.shape[0], x.shape[1], y.shape[1]
-  span = dilation * (k - 1)
+  span = dilation * (kernel.shape[0] - 1)
   terms = []
   if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
     # The kernel read as HWOI: the transpose swaps O and I back, giving the flipped physical
@@ -426,13 +431,10 @@ def _canonical_jvp_conv_jvp(stride, dilation, pad, primals, tangents):
     # x as (C, H, W, N) with N as its features, the kernel tangent as (I, H, W, O), the output
     # as (H, W, N, O): the transpose w.r.t. the kernel is then the batch/feature-exchanged
     # canonical conv of `_canonical_conv_bwd` (rows the forward never reads cropped alike).
-    xs, hi = x, span + (m - 1) * stride + 1 - n - pad
-    if hi < 0:
-      xs = x[:, :n + hi, :n + hi]
-    hi_read = (m - 1) * stride + span + 1 - xs.shape[1] - pad
+    xs, hi = _rows_read(x, span, stride, pad, y.shape[1])
     t = jax.lax.conv_general_dilated(
         xs.transpose(3, 1, 2, 0), dk.transpose(2, 0, 1, 3), (stride, stride),
-        [(pad, hi_read)] * 2, rhs_dilation=(dilation, dilation),
+        [(pad, hi)] * 2, rhs_dilation=(dilation, dilation),
         dimension_numbers=_DN((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)))
     terms.append(t.transpose(2, 0, 1, 3))
   if not terms:

@@ -249,15 +249,18 @@ def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_
   key_train, key_val = jax.random.split(key_alpha)
   buf = unrolled.momentum_buffer(state.weight_opt_state, w)
   zeros_w = jax.tree.map(jnp.zeros_like, w)
+  exact = u.hvp == 'exact'
   carry = {'alphas': state.alphas, 'alpha_opt_state': state.alpha_opt_state,
            'alpha_grads': state.alphas, 'w_grad': zeros_w, 'v': zeros_w,
-           'direct': state.alphas, 'plus': state.alphas, 'eps': optax.tree.norm(zeros_w),
-           'hv_norm': optax.tree.norm(state.alphas)}
+           'direct': state.alphas, 'hv_norm': optax.tree.norm(state.alphas)}
+  if not exact:  # the +- eps passes' state
+    carry.update(plus=state.alphas, eps=optax.tree.norm(zeros_w))
   shifted = lambda c, sign: jax.tree.map(lambda x, v: x + sign * c['eps'] * v, w, c['v'])
 
   def after_val(c, out):
     v, direct = out[2]
-    return {**c, 'v': v, 'direct': direct, 'eps': u.fd_radius / optax.tree.norm(v)}
+    c = {**c, 'v': v, 'direct': direct}
+    return c if exact else {**c, 'eps': u.fd_radius / optax.tree.norm(v)}
 
   def alpha_step(c, hv):
     grads = jax.tree.map(lambda d, h: d - xi * h, c['direct'], hv)
@@ -267,7 +270,7 @@ def _unrolled_passes(state: SearchState, train_batch, val_batch, key_alpha, key_
   at_virtual = lambda c: (unrolled.virtual_step(w, c['w_grad'], buf, xi=xi, momentum=u.momentum,
                                                 weight_decay=u.weight_decay), c['alphas'])
   after_train = lambda c, out: {**c, 'w_grad': out[2][0]}
-  if u.hvp == 'exact':
+  if exact:
     hvp = dict(hvp_pass=2, hvp_direction=lambda c: c['v'])
     prepare = [at_w, at_virtual, at_w, at_w]
     finish = [after_train, after_val, lambda c, out: alpha_step(c, out[2][1]),

@@ -8,7 +8,8 @@ pass needs only the alpha gradient, the weight pass the weight gradient. Convs (
 while both passes share one graph. `canonical_conv` and the shared passes' BN are reverse-mode
 rules (`custom_vjp`); the exact second-order HVP (`jax.jvp` of a gradient) is traced inside
 `forward_mode()`, where convs take `canonical_jvp_conv` (a forward-mode rule whose transposes
-are canonical convs too) and BNs plain autodiff. Outside both, convs keep JAX's own rules.
+are canonical convs too) and search BNs a JVP that keeps only their output. Outside both,
+convs keep JAX's own rules.
 Trace-time settings, like `jax.named_scope`: they hold no run-time state.
 """
 import contextlib

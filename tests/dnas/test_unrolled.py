@@ -140,9 +140,9 @@ def test_shared_pass_exact_step_equals_the_exact_unrolled_gradient(problem):
   """With the exact HVP, search_step runs four passes of one compiled gradient, the third a
   forward-over-reverse `lax.cond` branch of the loop body (dnas/passes.py). Its Adam step on
   the alphas must be the one taken from `unrolled.alpha_gradient` (pass by pass, JAX's own
-  conv rules; checked against autodiff through the virtual step above), its losses those of
-  the network at (w', alpha) on val and (w, alpha') on train. (The weight step is the same
-  code as in the finite-difference test above.)"""
+  conv rules; checked against autodiff through the virtual step above), its train loss the
+  network's at (w, alpha'). (The weight step is the same code as in the finite-difference
+  test above.)"""
   p, xi = problem, 0.05
   state = p['state']
   step = jax.jit(functools.partial(
@@ -186,8 +186,7 @@ def test_shared_pass_finite_difference_step_equals_the_pass_by_pass_step(problem
   gradient (dnas/passes.py); the same step with the unrolled gradient called as a plain
   function (each pass its own call site) must give the same state and metrics."""
   p = problem
-  hvp = 'finite_difference'
-  unrolled_grad = bilevel.alpha_gradient_fn(2, loss_fn=p['loss_fn'], hvp=hvp,
+  unrolled_grad = bilevel.alpha_gradient_fn(2, loss_fn=p['loss_fn'], hvp='finite_difference',
                                             xi=0.05, alpha_loss_term=lambda a, s: 0.1 * sum(
                                                 jnp.sum(x ** 2) for x in jax.tree.leaves(a)))
   state = p['state']  # with a non-zero momentum buffer
